@@ -1,0 +1,3 @@
+from ig65m.cli import main
+
+main()

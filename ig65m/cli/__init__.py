@@ -1,0 +1,26 @@
+"""Command line: one click group `ig65m`; each command also has its own console script.
+
+Commands are thin: they parse options and call the library. Each lives in its own module here.
+"""
+
+import click
+
+from ig65m import __version__
+from ig65m.cli.base import not_built
+
+convert = not_built("convert")
+extract = not_built("extract")
+semcode = not_built("semcode")
+index_build = not_built("index-build")
+index_serve = not_built("index-serve")
+index_query = not_built("index-query")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ig65m")
+def main():
+    """Video clip embeddings with pretrained 3D CNNs, searchable with Faiss."""
+
+
+for _command in (convert, extract, semcode, index_build, index_serve, index_query):
+    main.add_command(_command)

@@ -1,0 +1,93 @@
+"""Model registry: `register_model`, `list_models`, `get_spec`, `get_model` (timm style).
+
+Every registered builder returns an `nn.Module` with this interface, whatever its family:
+
+- `forward_features(clips)`: clips (N, C, T, H, W) float32 -> feature map (N, D, T', H', W')
+- `forward_head(feature_map)`: that map -> logits (N, num_classes), pooling as the family's head does
+- `forward(clips)`: `forward_head(forward_features(clips))`
+
+Pretrained settings (URL, classes, clip frames, crop, mean/std, labels) are data in the spec's
+`Weights` row, not code paths.
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ig65m.errors import Ig65mError
+from ig65m.weights import Weights, download, load_state_dict, sha256_file
+
+_MODELS = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its builder, pretrained weights row and feature dimension."""
+
+    name: str
+    family: str
+    builder: Callable
+    weights: Weights
+    feature_dim: int
+    description: str = ""
+
+
+def register_model(name, *, family, weights, feature_dim, description=""):
+    """Decorator registering `builder(*, num_classes)` under `name`."""
+
+    def decorate(builder):
+        if name in _MODELS:
+            raise ValueError(f"model {name} registered twice")
+        _MODELS[name] = ModelSpec(name, family, builder, weights, feature_dim,
+                                  description or (builder.__doc__ or "").strip().split("\n")[0])
+        return builder
+
+    return decorate
+
+
+def list_models():
+    """Every registered spec, sorted by name."""
+    return [_MODELS[name] for name in sorted(_MODELS)]
+
+
+def get_spec(name):
+    if name not in _MODELS:
+        raise Ig65mError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def get_model(name, weights=None, *, progress=True):
+    """Build model `name` and load its weights -> (model in eval mode, weights sha256 or None).
+
+    `weights`: None or "pretrained" downloads the spec's release file into the cache (checked
+    against its sha256 prefix); a path loads that local `.pth`; "random" keeps the random
+    initialisation (for pipeline checks only: a warning says the features mean nothing).
+    """
+    spec = get_spec(name)
+    model = spec.builder(num_classes=spec.weights.num_classes)
+    if weights == "random":
+        print(f"warning: {name} has random weights; its features mean nothing", file=sys.stderr)
+        return model.eval(), None
+    if weights in (None, "pretrained"):
+        path = download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
+    else:
+        path = Path(weights)
+    load_weights(model, load_state_dict(path), source=path)
+    return model.eval(), sha256_file(path)
+
+
+def load_weights(model, state_dict, *, source):
+    """Load `state_dict` strictly, turning key or shape mismatches into one clear error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [f"{key} {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)}"
+             for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else ""))
+        raise Ig65mError(f"weights in {source} do not fit this model ({'; '.join(parts)})")
+    model.load_state_dict(state_dict)

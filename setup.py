@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ig65m",
+    version="0.1.0",
+    description="Video clip embeddings with pretrained 3D CNNs (IG-65M R(2+1)D and more), searchable with Faiss",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ig65m", "ig65m.*"]),
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "av",
+        "numpy",
+        "faiss-cpu",
+        "onnx",
+        "onnxruntime",
+        "flask",
+        "waitress",
+        "requests",
+        "click",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "ig65m = ig65m.cli:main",
+            "convert = ig65m.cli:convert",
+            "extract = ig65m.cli:extract",
+            "semcode = ig65m.cli:semcode",
+            "index-build = ig65m.cli:index_build",
+            "index-serve = ig65m.cli:index_serve",
+            "index-query = ig65m.cli:index_query",
+        ],
+    },
+)
