@@ -79,3 +79,14 @@ r2plus1d_34_8_kinetics = _register("r2plus1d_34_8_kinetics",
 r2plus1d_34_32_kinetics = _register("r2plus1d_34_32_kinetics",
                                     "r2plus1d_34_clip32_ft_kinetics_from_ig65m-ade133f1.pth",
                                     400, 32, "kinetics400", "IG-65M fine-tuned on Kinetics-400")
+
+
+@register_model("r2plus1d_18_16_kinetics", family="r2plus1d", feature_dim=512,
+                weights=Weights(url="https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
+                                num_classes=400, clip_frames=16, labels="kinetics400"),
+                description="R(2+1)D-18, 16-frame clips, Kinetics-400 (torchvision's weights)")
+def r2plus1d_18(*, num_classes=400):
+    """R(2+1)D-18 exactly as torchvision builds it (layers [2, 2, 2, 2]), so torchvision's
+    published state_dict loads as is. Input (N, 3, 16, 112, 112) -> 512-d features."""
+    return R2Plus1D(block=BasicBlock, conv_makers=[Conv2Plus1D] * 4, layers=[2, 2, 2, 2],
+                    stem=R2Plus1dStem, num_classes=num_classes)
