@@ -25,6 +25,23 @@ def sidecar_path(features_path):
     return Path(features_path).with_suffix(".json")
 
 
+def _default_mode():
+    """The permissions a plain open() would give a new file (mkstemp makes them 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_MODE = _default_mode()  # once, at import: os.umask is process-wide, not thread-safe
+
+
+def _temp_beside(path):
+    """A new empty temporary file in the folder of `path` -> (fd, its path)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    os.chmod(tmp, _DEFAULT_MODE)
+    return fd, Path(tmp)
+
+
 def check_writable(path):
     """Fail early, before any work, when `path` cannot be created."""
     folder = Path(path).resolve().parent
@@ -41,10 +58,10 @@ def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -75,9 +92,7 @@ class FeatureWriter:
     def __init__(self, path):
         self.path = Path(path)
         check_writable(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.resolve().parent)
-        self._tmp = Path(tmp)
+        fd, self._tmp = _temp_beside(self.path)
         self._file = os.fdopen(fd, "wb")
         self._file.write(_npy_header(0, 0))
         self.rows = 0

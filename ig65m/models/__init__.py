@@ -3,6 +3,6 @@
 from ig65m.models import r2plus1d  # noqa: F401  (registers the IG-65M R(2+1)D-34 models)
 from ig65m.models.registry import get_model, get_spec, list_models, register_model
 
-DEFAULT_MODEL = "r2plus1d_34_8_kinetics"
+DEFAULT_MODEL = "r2plus1d_34_8_ig65m"
 
 __all__ = ["DEFAULT_MODEL", "get_model", "get_spec", "list_models", "register_model"]

@@ -1,0 +1,166 @@
+"""`extract`: videos, folders or a camera -> per-clip features (.npy + .json sidecar)."""
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from ig65m.cli.base import command
+from ig65m.embedder import POOLINGS
+from ig65m.errors import Ig65mError
+from ig65m.extract import BACKENDS, Extractor
+from ig65m.models import DEFAULT_MODEL
+from ig65m.video import check_source
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
+                  ".wmv", ".ts", ".3gp", ".ogv"}
+EXTRACTOR_KEYS = ("model", "weights", "device", "pool_spatial", "pool_temporal")
+
+
+def model_options(function):
+    """Options choosing the model and its clips, shared by every command that runs a model.
+
+    They reach the command as keyword arguments; `split_model_options` sorts them into the
+    `Extractor(...)` arguments and the per-source clip options.
+    """
+    options = [
+        click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                     help="Model name (see `ig65m models`)."),
+        click.option("--weights", default=None,
+                     help="Local .pth file, or 'random' for pipeline checks; default: the "
+                          "model's pretrained release, downloaded into the cache."),
+        click.option("--frame-size", type=int, default=None,
+                     help="Short side of decoded frames [model default]."),
+        click.option("--crop-size", type=int, default=None,
+                     help="Side of the centre crop fed to the model [model default]."),
+        click.option("--clip-frames", type=int, default=None, help="Frames per clip [model default]."),
+        click.option("--step", type=int, default=None, help="Frames between clip starts [clip frames]."),
+        click.option("--fps", type=float, default=None,
+                     help="Resample to this frame rate by timestamp first."),
+        click.option("--batch-size", type=int, default=4, show_default=True),
+        click.option("--device", default=None, help="torch device [cuda when present, else cpu]."),
+        click.option("--pool-spatial", type=click.Choice(POOLINGS), default="mean", show_default=True),
+        click.option("--pool-temporal", type=click.Choice(POOLINGS), default="mean", show_default=True),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+
+
+def split_model_options(options):
+    """kwargs of `model_options` -> (Extractor kwargs, per-source kwargs)."""
+    model = {key: options.pop(key) for key in EXTRACTOR_KEYS}
+    return model, options
+
+
+def _parse_input_options(pairs):
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Ig65mError(f"--input-option takes KEY=VALUE, got {pair!r}")
+        parsed[key] = value
+    return parsed
+
+
+def _expand(paths, from_list):
+    """Sources: files as given, folders searched for videos, plus the lines of --from-list."""
+    sources = []
+    for path in list(paths) + _read_list(from_list):
+        if Path(path).is_dir():
+            found = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+            sources.extend((p, p.relative_to(path)) for p in found)
+        else:
+            sources.append((Path(path), Path(Path(path).name)))
+    return sources
+
+
+def _read_list(from_list):
+    if from_list is None:
+        return []
+    try:
+        lines = Path(from_list).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise Ig65mError(f"cannot read --from-list {from_list}: {err}") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _jobs(paths, output_dir, from_list):
+    """[(source, output .npy)] from the command line's two forms."""
+    if output_dir is None and from_list is None:
+        if len(paths) != 2:
+            raise Ig65mError("give VIDEO FEATURES.npy, or videos/folders with --output-dir")
+        if not paths[1].endswith(".npy"):
+            raise Ig65mError(f"the output must be a .npy file, got {paths[1]}")
+        return [(paths[0], Path(paths[1]))]
+    if output_dir is None:
+        raise Ig65mError("--from-list needs --output-dir")
+    jobs = [(str(src), Path(output_dir) / rel.with_suffix(".npy"))
+            for src, rel in _expand(paths, from_list)]
+    if not jobs:
+        raise Ig65mError("no videos found in the given paths")
+    outputs = [out for _, out in jobs]
+    if len(set(outputs)) != len(outputs):
+        raise Ig65mError("two videos would write the same features file; give folders instead")
+    return jobs
+
+
+@command("extract")
+@click.argument("paths", nargs=-1, required=True)
+@model_options
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write FOLDER/<video>.npy for every video given (files or folders).")
+@click.option("--from-list", type=click.Path(dir_okay=False), default=None,
+              help="A file of video paths, one per line (with --output-dir).")
+@click.option("--overwrite", is_flag=True, help="Replace existing features files.")
+@click.option("--max-clips", type=int, default=None, help="Stop after this many clips.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--tail", type=click.Choice(["pad", "drop"]), default="pad", show_default=True,
+              help="Pad the last partial clip by repeating its last frame, or drop it.")
+@click.option("--format", "input_format", default=None,
+              help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source).")
+@click.option("--input-option", multiple=True, metavar="KEY=VALUE",
+              help="ffmpeg input option, e.g. video_size=640x480 (repeatable).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--onnx", type=click.Path(dir_okay=False), default=None,
+              help="ONNX model for --backend onnxruntime (default: export the model to the cache).")
+def extract(paths, output_dir, from_list, overwrite, input_format, input_option, backend, onnx,
+            **options):
+    """Extract per-clip features: `extract VIDEO FEATURES.npy`, or many videos with --output-dir.
+
+    VIDEO is a file, a camera such as /dev/video0, or any ffmpeg input with --format (e.g.
+    `--format lavfi testsrc=size=320x240:rate=30`). Prints one JSON line per video written.
+    """
+    jobs = _jobs(paths, output_dir, from_list)
+    model_kwargs, run_kwargs = split_model_options(options)
+    run_kwargs.update(format=input_format, input_options=_parse_input_options(input_option))
+    pending = [(src, out) for src, out in jobs if overwrite or not out.exists()]
+    for src, out in jobs:
+        if (src, out) not in pending:
+            click.echo(f"skipping {src}: {out} exists (use --overwrite)", err=True)
+    if not pending:
+        return
+    if len(pending) == 1:  # fail on a bad source before the model loads
+        check_source(pending[0][0], format=input_format)
+    extractor = Extractor(backend=backend, onnx=onnx, **model_kwargs)
+    failed = _run_jobs(extractor, pending, run_kwargs, single=len(jobs) == 1)
+    if failed:
+        raise Ig65mError(f"{len(failed)} of {len(pending)} videos failed: "
+                         f"{', '.join(str(src) for src in failed)}")
+
+
+def _run_jobs(extractor, jobs, run_kwargs, single):
+    failed = []
+    for source, output in jobs:
+        if not single:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            meta = extractor.extract(source, output, **run_kwargs)
+        except Ig65mError as err:
+            if single:
+                raise
+            click.echo(f"error: {source}: {err}", err=True)
+            failed.append(source)
+            continue
+        click.echo(json.dumps({"source": str(source), "output": str(output),
+                               "clips": len(meta["clips"]), "interrupted": meta["interrupted"]}))
+    return failed

@@ -1,0 +1,77 @@
+"""Clips: sliding windows of frames, and frame-rate resampling by timestamp.
+
+Both work on iterators of `ig65m.video.Frame` and hold at most one window of frames.
+"""
+
+from collections import deque
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from ig65m.video import Frame
+
+TAILS = ("pad", "drop")
+_EPS = 1e-6
+
+
+class Clip(NamedTuple):
+    """`frames` uint8 (T, H, W, 3); `start` = time of the first frame, `end` = time of the last
+    real frame plus one frame period (seconds)."""
+
+    frames: np.ndarray
+    start: float
+    end: float
+
+
+def resample_fps(frames, fps) -> Iterator[Frame]:
+    """Frames at `fps` on the stream's own clock, without re-encoding.
+
+    Sample k is the frame on screen at time t0 + k / fps (the latest frame at or before it), so
+    lower rates drop frames and higher rates repeat them; times are the sample instants.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    period, origin, index, previous, shown = 1.0 / fps, None, 0, None, 0.0
+    for frame in frames:
+        if previous is None:
+            origin = frame.time
+        else:
+            shown = frame.time - previous.time
+        while previous is not None and origin + index * period < frame.time - _EPS:
+            yield Frame(previous.image, origin + index * period)
+            index += 1
+        previous = frame
+    # the last frame stays on screen for one more frame period
+    while previous is not None and (index == 0 or origin + index * period < previous.time + shown - _EPS):
+        yield Frame(previous.image, origin + index * period)
+        index += 1
+
+
+def clip_windows(frames, *, clip_frames, step=None, tail="pad") -> Iterator[Clip]:
+    """Windows of `clip_frames` consecutive frames every `step` frames (default: no overlap).
+
+    The last partial window is padded by repeating its last frame (`tail="pad"`) or dropped
+    (`"drop"`); with "pad" a video shorter than one clip gives exactly one clip.
+    """
+    step = step or clip_frames
+    if clip_frames < 1 or step < 1 or tail not in TAILS:
+        raise ValueError(f"bad window: clip_frames={clip_frames} step={step} tail={tail}")
+    window, next_start, last_index, covered_until, period = deque(), 0, -1, -1, 0.0
+    for last_index, frame in enumerate(frames):
+        if window:
+            period = frame.time - window[-1].time
+        if last_index >= next_start:
+            window.append(frame)
+        if len(window) == clip_frames:
+            yield _make_clip(window, clip_frames, period)
+            covered_until, next_start = last_index, next_start + step
+            for _ in range(min(step, len(window))):
+                window.popleft()
+    if tail == "pad" and window and last_index > covered_until:
+        yield _make_clip(window, clip_frames, period)
+
+
+def _make_clip(window, clip_frames, period):
+    images = [frame.image for frame in window]
+    images += [images[-1]] * (clip_frames - len(images))
+    return Clip(np.stack(images), window[0].time, window[-1].time + period)

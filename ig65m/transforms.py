@@ -1,0 +1,35 @@
+"""Model-side preprocessing: centre crop, scale to [0, 1], normalise, reorder to (C, T, H, W)."""
+
+import numpy as np
+import torch
+
+from ig65m.errors import Ig65mError
+
+
+class ClipTransform:
+    """uint8 frames (T, H, W, 3) -> float32 tensor (3, T, crop_size, crop_size).
+
+    Values are scaled to [0, 1], then normalised per channel: (x - mean) / std. Frames must be at
+    least `crop_size` on both sides (decode with a short side >= crop_size).
+    """
+
+    def __init__(self, crop_size, mean, std):
+        self.crop_size = crop_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+
+    def __call__(self, frames):
+        frames = torch.from_numpy(np.asarray(frames))
+        height, width = frames.shape[1:3]
+        if height < self.crop_size or width < self.crop_size:
+            raise Ig65mError(f"frames of {width}x{height} are smaller than the {self.crop_size} "
+                             f"crop; decode with --frame-size >= {self.crop_size}")
+        top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
+        crop = frames[:, top:top + self.crop_size, left:left + self.crop_size]
+        clip = crop.permute(3, 0, 1, 2).float().div_(255.0)
+        return clip.sub_(self.mean).div_(self.std).contiguous()
+
+
+def transform_for(weights, crop_size=None):
+    """The preprocessing of a registry `Weights` row (optionally with another crop size)."""
+    return ClipTransform(crop_size or weights.crop_size, weights.mean, weights.std)

@@ -1,0 +1,121 @@
+"""Video sources decoded with PyAV: files, cameras and any ffmpeg input format.
+
+`read_frames` yields RGB uint8 frames scaled at decode time so the short side is `frame_size`,
+each with its presentation time in seconds. Nothing holds more than one frame: a 10-hour video or
+a live camera runs in the memory of a 10-second clip.
+"""
+
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import av
+import numpy as np
+
+from ig65m.errors import Ig65mError
+
+# ffmpeg input formats that capture live: they never end by themselves
+LIVE_FORMATS = frozenset({"v4l2", "video4linux2", "lavfi", "avfoundation", "dshow", "x11grab",
+                          "gdigrab", "kmsgrab", "decklink"})
+# A file whose decoded frames cover less than this part of its stated duration is truncated.
+_COMPLETE_FRACTION = 0.9
+
+
+class Frame(NamedTuple):
+    """A decoded frame: `image` RGB uint8 (H, W, 3), `time` seconds from the first frame."""
+
+    image: np.ndarray
+    time: float
+
+
+def is_live(source, format=None):
+    """True for cameras and other capture inputs, which run until stopped."""
+    return (format or _default_format(source)) in LIVE_FORMATS
+
+
+def _default_format(source):
+    return "v4l2" if str(source).startswith("/dev/video") else None
+
+
+def open_container(source, *, format=None, options=None):
+    """Open `source` with PyAV -> (container, its first video stream); Ig65mError if impossible."""
+    format = format or _default_format(source)
+    if format is None:
+        path = Path(source)
+        if not path.exists():
+            raise Ig65mError(f"video not found: {source}")
+        if path.is_dir():
+            raise Ig65mError(f"{source} is a folder, not a video")
+    try:
+        container = av.open(str(source), format=format, options=dict(options or {}))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise Ig65mError(f"cannot open {source}: {_describe(err)}") from None
+    if not container.streams.video:
+        container.close()
+        raise Ig65mError(f"{source} has no video stream")
+    return container, container.streams.video[0]
+
+
+def check_source(source, *, format=None, options=None):
+    """Raise Ig65mError now if `source` cannot be opened as a video (cameras are left alone)."""
+    if not is_live(source, format):
+        container, _ = open_container(source, format=format, options=options)
+        container.close()
+
+
+def _describe(err):
+    return getattr(err, "strerror", None) or str(err)
+
+
+def scaled_size(width, height, frame_size):
+    """(width, height) with the short side `frame_size` and the aspect ratio kept."""
+    if not frame_size:
+        return width, height
+    scale = frame_size / min(width, height)
+    return max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)
+
+
+def read_frames(source, *, frame_size=128, format=None, options=None) -> Iterator[Frame]:
+    """Decode `source` -> Frames, short side `frame_size` (None: native size), times in seconds.
+
+    Times come from presentation timestamps, relative to the first frame; never index / fps.
+    Raises Ig65mError for a missing, corrupt, truncated or frameless source.
+    """
+    container, stream = open_container(source, format=format, options=options)
+    stream.thread_type = "AUTO"
+    with container:
+        count, origin, last = 0, None, 0.0
+        try:
+            for frame in container.decode(stream):
+                time = frame.time if frame.time is not None else last + _frame_period(stream)
+                origin = time if origin is None else origin
+                size = scaled_size(frame.width, frame.height, frame_size)
+                image = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                       interpolation="AREA").to_ndarray()
+                count, last = count + 1, time
+                yield Frame(image, time - origin)
+        except (av.FFmpegError, OSError) as err:
+            raise Ig65mError(f"cannot decode {source} after {count} frames: {_describe(err)}") \
+                from None
+        if count == 0:
+            raise Ig65mError(f"{source} has no decodable video frames")
+        if not is_live(source, format):
+            _check_complete(source, container, stream, last - (origin or 0.0))
+
+
+def _frame_period(stream):
+    rate = stream.average_rate or stream.guessed_rate
+    return float(1 / rate) if rate else 0.0
+
+
+def _check_complete(source, container, stream, last_time):
+    """Raise if the frames stop well before the duration the file states (a cut-off download)."""
+    if stream.duration is not None and stream.time_base is not None:
+        stated = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        stated = container.duration / av.time_base
+    else:
+        return
+    covered = last_time + _frame_period(stream)
+    if stated > 1.0 and covered < _COMPLETE_FRACTION * stated:
+        raise Ig65mError(f"{source} looks truncated: its frames end at {covered:.2f} s of the "
+                         f"{stated:.2f} s it states")
