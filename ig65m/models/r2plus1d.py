@@ -34,6 +34,10 @@ class R2Plus1D(VideoResNet):
     def forward(self, clips):
         return self.forward_head(self.forward_features(clips))
 
+    def reset_classifier(self, num_classes):
+        """Replace `fc` by a new, randomly initialised (512 -> num_classes) layer (fine-tuning)."""
+        self.fc = nn.Linear(self.fc.in_features, num_classes)
+
 
 def r2plus1d_34(*, num_classes):
     """R(2+1)D-34 as in the Caffe2 VMZ release: layers [3, 4, 6, 3], 512-d features.
