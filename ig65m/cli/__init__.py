@@ -7,10 +7,10 @@ import click
 
 from ig65m import __version__
 from ig65m.cli.base import not_built
+from ig65m.cli.extract import extract
+from ig65m.cli.semcode import semcode
 
 convert = not_built("convert")
-extract = not_built("extract")
-semcode = not_built("semcode")
 index_build = not_built("index-build")
 index_serve = not_built("index-serve")
 index_query = not_built("index-query")

@@ -1,0 +1,32 @@
+"""`semcode FEATURES.npy PICTURE.png`: pictures of clip features over time."""
+
+from pathlib import Path
+
+import click
+
+from ig65m.cli.base import command
+from ig65m.semcode import SCALES, VIEWS, semcode as draw_semcode
+
+
+@command("semcode", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("features", type=click.Path(path_type=Path))
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--view", default="strip", show_default=True, metavar="[" + "|".join(VIEWS) + "]",
+              help="strip: the semantic code barcode; similarity: clip-by-clip cosine "
+                   "similarity; pca: first three principal components; all: the three stacked.")
+@click.option("--scale", default="global", show_default=True, metavar="[" + "|".join(SCALES) + "]",
+              help="strip intensity: min-max over all values, or over time per dimension.")
+@click.option("--color", "hue", type=float, default=20.0, show_default=True,
+              help="hue of the strip in degrees (0-360), as the original semcode.")
+@click.option("--title", default=None, help="figure title  [default: the features file name; '' for none]")
+@click.option("--width", type=int, default=1000, show_default=True, help="picture width in pixels.")
+@click.option("--dpi", type=int, default=100, show_default=True,
+              help="dots per inch: text size relative to the picture, and raster resolution.")
+def semcode(features, image, view, scale, hue, title, width, dpi):
+    """Draw the clip features in FEATURES (.npy from `extract`) over time into IMAGE.
+
+    The format follows IMAGE's extension: png, svg, pdf or jpg. Time is in seconds when the
+    sidecar FEATURES.json is beside the features, in clip numbers otherwise.
+    """
+    draw_semcode(features, image, view=view, scale=scale, hue=hue, title=title, width=width,
+                 dpi=dpi)
