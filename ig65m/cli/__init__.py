@@ -7,13 +7,10 @@ import click
 
 from ig65m import __version__
 from ig65m.cli.base import not_built
+from ig65m.cli.convert import convert
 from ig65m.cli.extract import extract
+from ig65m.cli.index import index_build, index_query, index_serve
 from ig65m.cli.semcode import semcode
-
-convert = not_built("convert")
-index_build = not_built("index-build")
-index_serve = not_built("index-serve")
-index_query = not_built("index-query")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

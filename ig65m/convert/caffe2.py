@@ -8,8 +8,10 @@ array needs; anything else (os.system, eval, ...) is refused before it is called
 import codecs
 import io
 import pickle
+import re
 import struct
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -85,7 +87,7 @@ def load_caffe2_blobs(path):
     except MemoryError:
         raise Ig65mError(f"{path} asks for more memory than there is; not a weights "
                          f"pickle") from None
-    except Exception as err:  # the unpickler raises many types for a corrupt file
+    except Exception as err:  # noqa: BLE001  (the unpickler raises many types for a corrupt file)
         raise Ig65mError(f"{path} is not a Caffe2 weights pickle ({_first_line(err)})") from None
     return _blobs_of(content, path)
 
@@ -131,7 +133,7 @@ def _blobs_of(content, path):
 class _Python2Pickler(pickle._Pickler):
     """Writes bytes and str as Python 2 `str` (BINSTRING), as the Caffe2 release files have them."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def _save_py2_str(self, obj):
         data = obj.encode("latin1") if isinstance(obj, str) else obj
@@ -159,3 +161,108 @@ def save_caffe2_blobs(path, blobs):
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+# --- R(2+1)D-34: Caffe2 VMZ blob names -> this package's state_dict keys -------------------------
+
+_FIRST_BLOCK = {"layer1": 0, "layer2": 3, "layer3": 7, "layer4": 13}  # Caffe2 numbers blocks 0..15
+_STEM = {"stem.0": "conv1_middle", "stem.1": "conv1_middle_spatbn_relu",
+         "stem.3": "conv1", "stem.4": "conv1_spatbn_relu"}
+# inside a block: torchvision's Conv2Plus1D is (spatial conv, BN, ReLU, temporal conv)
+_BLOCK = {"conv{j}.0.0": "comp_{i}_conv_{j}_middle", "conv{j}.0.1": "comp_{i}_spatbn_{j}_middle",
+          "conv{j}.0.3": "comp_{i}_conv_{j}", "conv{j}.1": "comp_{i}_spatbn_{j}",
+          "downsample.0": "shortcut_projection_{i}", "downsample.1": "shortcut_projection_{i}_spatbn"}
+# Caffe2 SpatialBN: scale, bias, running mean, running variance (named "riv" though it is not
+# inverted); Conv and FC: weight (same layout as torch), FC bias
+_SUFFIX = {"BatchNorm3d": {"weight": "_s", "bias": "_b", "running_mean": "_rm",
+                           "running_var": "_riv"},
+           "Conv3d": {"weight": "_w"}, "Linear": {"weight": "_w", "bias": "_b"}}
+
+
+def _module_blob(module_name, num_classes):
+    """Caffe2 blob prefix of a torch module name, e.g. layer2.0.conv1.0.3 -> comp_3_conv_1."""
+    if module_name in _STEM:
+        return _STEM[module_name]
+    if module_name == "fc":
+        return f"last_out_L{num_classes}"
+    layer, block, rest = module_name.split(".", 2)
+    index = _FIRST_BLOCK[layer] + int(block)
+    for pattern, blob in _BLOCK.items():
+        for j in (1, 2):
+            if rest == pattern.format(j=j):
+                return blob.format(i=index, j=j)
+    raise KeyError(module_name)
+
+
+def _meta_r2plus1d_34(num_classes):
+    import torch
+
+    from ig65m.models.r2plus1d import r2plus1d_34
+
+    with torch.device("meta"):  # shapes only, no memory
+        return r2plus1d_34(num_classes=num_classes)
+
+
+def r2plus1d_34_blob_names(num_classes):
+    """{state_dict key: Caffe2 blob name} for every parameter and running statistic of
+    R(2+1)D-34 with `num_classes` outputs (num_batches_tracked has no Caffe2 blob)."""
+    names = {}
+    for module_name, module in _meta_r2plus1d_34(num_classes).named_modules():
+        for tensor_name, suffix in _SUFFIX.get(type(module).__name__, {}).items():
+            names[f"{module_name}.{tensor_name}"] = _module_blob(module_name, num_classes) + suffix
+    assert len(set(names.values())) == len(names), "two tensors would read the same blob"
+    return names
+
+
+def caffe2_head_classes(blobs):
+    """Class counts of the classifier heads (`last_out_L{classes}_w`) found in `blobs`."""
+    return sorted(int(m.group(1)) for name in blobs
+                  if (m := re.fullmatch(r"last_out_L(\d+)_w", name)))
+
+
+def r2plus1d_34_state_dict(blobs, num_classes):
+    """Caffe2 VMZ R(2+1)D-34 blobs {name: array} -> state_dict of `r2plus1d_34(num_classes)`.
+
+    Pure: `blobs` is left as it is and the arrays are copied. Every blob is used exactly once and
+    every parameter and buffer is written; otherwise Ig65mError names each missing, extra or wrongly
+    shaped blob with both shapes. num_batches_tracked (no Caffe2 counterpart) is written as 0.
+    """
+    import torch
+
+    heads = caffe2_head_classes(blobs)
+    if heads and num_classes not in heads:
+        raise Ig65mError(f"the Caffe2 blobs have a head for {' and '.join(map(str, heads))} "
+                         f"classes (last_out_L{heads[0]}_w), not {num_classes}; use --classes "
+                         f"{heads[0]} or the model that has it")
+    expected = _meta_r2plus1d_34(num_classes).state_dict()
+    names = r2plus1d_34_blob_names(num_classes)
+    problems = _fit_problems(blobs, names, expected)
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6
+                                           else "")
+        raise Ig65mError(f"the Caffe2 blobs do not fit R(2+1)D-34 with {num_classes} classes: "
+                         f"{shown}")
+    state = {}
+    for key, tensor in expected.items():
+        if key in names:
+            state[key] = torch.from_numpy(np.array(blobs[names[key]], dtype=np.float32))
+        else:
+            state[key] = torch.zeros((), dtype=tensor.dtype)
+    return state
+
+
+def _fit_problems(blobs, names, expected):
+    """One line per missing, extra, wrongly shaped or non-float blob."""
+    problems = []
+    for key, blob in names.items():
+        want = tuple(expected[key].shape)
+        if blob not in blobs:
+            problems.append(f"missing blob {blob} (for {key}, shape {want})")
+        elif blobs[blob].shape != want:
+            problems.append(f"blob {blob} has shape {blobs[blob].shape}, {key} needs {want}")
+        elif blobs[blob].dtype.kind != "f":
+            problems.append(f"blob {blob} is {blobs[blob].dtype}, {key} needs floats")
+    used = set(names.values())
+    problems += [f"extra blob {name} (shape {blobs[name].shape}) fits no tensor"
+                 for name in sorted(blobs) if name not in used]
+    return problems

@@ -1,0 +1,104 @@
+"""ONNX export of a `ClipEmbedder` and the ONNX Runtime backend that runs it.
+
+The exported graph computes exactly what the torch backend computes: input `clips` (N, 3, T, H, W)
+float32 with a dynamic batch N and the T, H, W of the export; outputs `logits` (N, K) and
+`features` (N, D), the pooled feature vector.
+"""
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ig65m.errors import Ig65mError
+from ig65m.fileio import atomic_path
+
+INPUT = "clips"
+OUTPUTS = ("logits", "features")
+OPSET = 17
+
+
+def export_onnx(embedder, path, *, clip_frames, crop_size):
+    """Export `embedder` (an `ig65m.embedder.ClipEmbedder`) to `path`, atomically.
+
+    Traced with a (1, 3, clip_frames, crop_size, crop_size) input on the embedder's device; batch is
+    dynamic, the rest fixed. The file is checked with `onnx.checker` before it is renamed into place.
+    """
+    import onnx
+
+    embedder = embedder.eval()
+    device = next(embedder.parameters()).device
+    example = torch.zeros(1, 3, clip_frames, crop_size, crop_size, device=device)
+    batch = {0: "batch"}
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # the TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
+        # onnxscript; this one is still supported and exact for these convolutional models
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad():
+            torch.onnx.export(embedder, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT], output_names=list(OUTPUTS),
+                              dynamic_axes={name: batch for name in (INPUT, *OUTPUTS)})
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return Path(path)
+
+
+class OnnxBackend:
+    """Runs an exported embedder with ONNX Runtime: clips (N, 3, T, H, W) -> (logits, features).
+
+    `threads`: intra-op threads (None lets ONNX Runtime use every physical core). Uses CUDA when
+    the installed onnxruntime has it and a GPU is present, else the CPU. `clip_frames` and
+    `crop_size` are read from the model's input, which the clips must match.
+    """
+
+    def __init__(self, path, *, threads=None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise Ig65mError(f"ONNX model not found: {self.path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or 0
+        options.log_severity_level = 3  # errors only: stderr stays readable
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.path), options,
+                                                providers=_providers(ort))
+        except Exception as err:  # noqa: BLE001  (ORT raises its own types for any bad file)
+            raise Ig65mError(f"cannot load ONNX model {self.path}: "
+                             f"{str(err).strip().splitlines()[0]}") from None
+        self._check_signature()
+
+    def _check_signature(self):
+        inputs = self.session.get_inputs()
+        outputs = [output.name for output in self.session.get_outputs()]
+        if [i.name for i in inputs] != [INPUT] or sorted(outputs) != sorted(OUTPUTS):
+            raise Ig65mError(f"{self.path} is not an ig65m clip embedder: it takes "
+                             f"{[i.name for i in inputs]} and gives {outputs}, expected input "
+                             f"{INPUT!r} and outputs {list(OUTPUTS)}")
+        self.input_shape = tuple(inputs[0].shape)  # ("batch", 3, T, H, W)
+        self.clip_frames = self.input_shape[2]
+        self.crop_size = self.input_shape[3]
+
+    def __call__(self, clips):
+        """clips: torch tensor or numpy array (N, 3, T, H, W) -> float32 (N, K), (N, D)."""
+        if torch.is_tensor(clips):
+            clips = clips.detach().cpu().numpy()
+        clips = np.ascontiguousarray(clips, dtype=np.float32)
+        if clips.ndim != 5 or clips.shape[1:] != self.input_shape[1:]:
+            raise Ig65mError(f"{self.path} takes clips of shape (N, "
+                             f"{', '.join(map(str, self.input_shape[1:]))}), got "
+                             f"{tuple(clips.shape)}; export it again with these --clip-frames "
+                             f"and crop, or extract with the exported ones")
+        logits, features = self.session.run(list(OUTPUTS), {INPUT: clips})
+        return logits.astype(np.float32, copy=False), features.astype(np.float32, copy=False)
+
+
+def _providers(ort):
+    available = ort.get_available_providers()
+    wanted = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available and torch.cuda.is_available():
+        wanted.insert(0, "CUDAExecutionProvider")
+    return wanted
