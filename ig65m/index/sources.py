@@ -1,0 +1,118 @@
+"""Feature files as index input: finding, checking, sampling and streaming them in bounded chunks.
+
+Nothing here holds more than one chunk of rows (or the training sample) in memory: feature files are
+memory-mapped by `ig65m.fileio.load_features` and copied chunk by chunk.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ig65m.errors import Ig65mError
+from ig65m.fileio import load_features
+
+CHUNK_ROWS = 65536
+
+
+@dataclass
+class FeatureFile:
+    """One input file: `rows` clips of `dim` features; `clip_times` [(start, end)] per row, `source`
+    video path and `model` from the sidecar (None without one)."""
+
+    path: Path
+    rows: int
+    dim: int
+    source: str | None
+    model: str | None
+    clip_times: list
+
+    def features(self):
+        """The (rows, dim) array, memory-mapped."""
+        return load_features(self.path)[0]
+
+
+def find_feature_files(inputs):
+    """Expand files and folders (searched recursively for *.npy) -> sorted unique resolved paths."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            inside = sorted(p for p in item.rglob("*.npy") if p.is_file())
+            if not inside:
+                raise Ig65mError(f"no .npy feature files in folder {item}")
+            found.extend(inside)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise Ig65mError(f"features file or folder not found: {item}")
+    unique = {}
+    for path in found:
+        unique.setdefault(path.resolve(), None)
+    if not unique:
+        raise Ig65mError("no feature files given")
+    return list(unique)
+
+
+def open_feature_file(path):
+    """Read a file's shape and sidecar (not its rows) -> FeatureFile; Ig65mError when unusable."""
+    features, meta = load_features(path)
+    rows, dim = features.shape
+    if rows == 0 or dim == 0:
+        raise Ig65mError(f"features file {path} is empty (shape {features.shape})")
+    meta = meta or {}
+    clips = meta.get("clips")
+    if clips is None:
+        clip_times = [(None, None)] * rows
+    else:
+        if not isinstance(clips, list) or len(clips) != rows:
+            raise Ig65mError(f"sidecar of {path} lists {len(clips) if isinstance(clips, list) else 'no'}"
+                             f" clips for {rows} feature rows")
+        try:
+            clip_times = [(float(start), float(end)) for start, end in clips]
+        except (TypeError, ValueError):
+            raise Ig65mError(f"sidecar of {path}: clips must be [start, end] seconds") from None
+    return FeatureFile(path=Path(path), rows=rows, dim=dim, source=meta.get("source"),
+                       model=meta.get("model"), clip_times=clip_times)
+
+
+def open_feature_files(paths, *, dim=None, model=None):
+    """Open every file and check they agree on dimension (and model, where sidecars say)."""
+    files = [open_feature_file(path) for path in paths]
+    for item in files:
+        dim = item.dim if dim is None else dim
+        if item.dim != dim:
+            raise Ig65mError(f"{item.path} has {item.dim}-d features, others {dim}-d: "
+                             "an index holds features of one dimension")
+        if item.model is not None:
+            model = item.model if model is None else model
+            if item.model != model:
+                raise Ig65mError(f"{item.path} holds features of model {item.model}, others of "
+                                 f"{model}: an index holds features of one model")
+    return files
+
+
+def iter_chunks(files, chunk_rows=CHUNK_ROWS):
+    """Yield (file, first_row, rows float32 (n, D) C-contiguous), checking every value is finite."""
+    for item in files:
+        features = item.features()
+        for first in range(0, item.rows, chunk_rows):
+            chunk = np.ascontiguousarray(features[first:first + chunk_rows], dtype=np.float32)
+            bad = ~np.isfinite(chunk).all(axis=1)
+            if bad.any():
+                row = first + int(np.argmax(bad))
+                raise Ig65mError(f"{item.path}: clip {row} has NaN or infinite features")
+            yield item, first, chunk
+
+
+def sample_rows(files, count, seed=0):
+    """A uniform sample of `count` rows across all files -> (row ids (count,), rows (count, D))."""
+    total = sum(item.rows for item in files)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(total, size=min(count, total), replace=False))
+    starts = np.cumsum([0] + [item.rows for item in files])
+    parts = []
+    for number, item in enumerate(files):
+        inside = chosen[(chosen >= starts[number]) & (chosen < starts[number + 1])] - starts[number]
+        if len(inside):
+            parts.append(np.asarray(item.features()[inside], dtype=np.float32))
+    return chosen, np.ascontiguousarray(np.concatenate(parts))
