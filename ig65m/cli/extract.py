@@ -105,7 +105,7 @@ def _jobs(paths, output_dir, from_list):
 
 
 @command("extract")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @model_options
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Write FOLDER/<video>.npy for every video given (files or folders).")

@@ -10,10 +10,13 @@ Pretrained settings (URL, classes, clip frames, crop, mean/std, labels) are data
 `Weights` row, not code paths.
 """
 
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from ig65m.errors import Ig65mError
 from ig65m.weights import Weights, download, load_state_dict, sha256_file
@@ -65,20 +68,26 @@ def get_model(name, weights=None, *, progress=True):
     initialisation (for pipeline checks only: a warning says the features mean nothing).
     """
     spec = get_spec(name)
-    model = spec.builder(num_classes=spec.weights.num_classes)
     if weights == "random":
         print(f"warning: {name} has random weights; its features mean nothing", file=sys.stderr)
-        return model.eval(), None
+        return spec.builder(num_classes=spec.weights.num_classes).eval(), None
     if weights in (None, "pretrained"):
         path = download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
     else:
         path = Path(weights)
-    load_weights(model, load_state_dict(path), source=path)
+    state_dict = load_state_dict(path)
+    with torch.device("meta"):  # no time spent on a random initialisation about to be replaced
+        model = spec.builder(num_classes=spec.weights.num_classes)
+    load_weights(model, state_dict, source=path)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = spec.builder(num_classes=spec.weights.num_classes)  # has non-persistent buffers
+        load_weights(model, state_dict, source=path)
     return model.eval(), sha256_file(path)
 
 
 def load_weights(model, state_dict, *, source):
-    """Load `state_dict` strictly, turning key or shape mismatches into one clear error."""
+    """Load `state_dict` strictly (assigning its tensors to a model built on the meta device),
+    turning key or shape mismatches into one clear error."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -90,4 +99,4 @@ def load_weights(model, state_dict, *, source):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else ""))
         raise Ig65mError(f"weights in {source} do not fit this model ({'; '.join(parts)})")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=any(p.is_meta for p in model.parameters()))
