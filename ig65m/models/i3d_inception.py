@@ -68,7 +68,7 @@ class TFSamePad(nn.Module):
         return pads
 
     def forward(self, x):
-        pads = self.padding(x.shape[2:])
+        pads = self.padding([int(size) for size in x.shape[2:]])  # constants in an ONNX trace
         if not any(pads):
             return x
         return F.pad(x, pads, value=self.value)
@@ -158,7 +158,7 @@ class InceptionI3D(nn.Module):
         return self.mixed_5c(self.mixed_5b(x))
 
     def forward_head(self, feature_map):
-        window = [min(k, size) for k, size in zip((2, 7, 7), feature_map.shape[2:])]
+        window = [min(k, int(size)) for k, size in zip((2, 7, 7), feature_map.shape[2:])]
         x = F.avg_pool3d(feature_map, window, stride=1)
         return self.conv3d_0c_1x1(x).mean(dim=(2, 3, 4))
 

@@ -1,0 +1,59 @@
+"""ONNX export of the I3D models' ClipEmbedder, run with ONNX Runtime: same logits and features as
+PyTorch (max abs diff <= 1e-4), with inputs whose TF "SAME" padding is uneven."""
+
+import numpy as np
+import pytest
+import torch
+
+from ig65m.convert.onnx import OPSET, OnnxBackend, export_onnx
+from ig65m.embedder import ClipEmbedder
+from ig65m.models import get_spec
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _embedder(name, pool_temporal="mean"):
+    torch.manual_seed(0)
+    spec = get_spec(name)
+    model = spec.builder(num_classes=spec.weights.num_classes).eval()
+    for module in model.modules():  # non-trivial statistics, so batch norm folding is exercised
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return ClipEmbedder(model, pool_spatial="mean", pool_temporal=pool_temporal).eval()
+
+
+def _torch_outputs(embedder, clips):
+    with torch.no_grad():
+        return [output.numpy() for output in embedder(clips)]
+
+
+@pytest.mark.parametrize("name, frames, size, pool", [
+    ("i3d_r50_32_kinetics", 8, 32, "mean"),
+    # 9 frames and 33 pixels: every TF "SAME" layer pads unevenly somewhere
+    ("i3d_inception_rgb_kinetics", 9, 33, "max"),
+])
+def test_rgb_models_export_and_match_onnxruntime(tmp_path, name, frames, size, pool):
+    embedder = _embedder(name, pool)
+    path = export_onnx(embedder, tmp_path / f"{name}.onnx", clip_frames=frames, crop_size=size)
+    backend = OnnxBackend(path, threads=2)
+    clips = torch.randn(2, 3, frames, size, size)  # batch 2: the batch axis is dynamic
+    expected = _torch_outputs(embedder, clips)
+    got = backend(clips)
+    assert got[1].shape == (2, get_spec(name).feature_dim)
+    for ours, theirs in zip(got, expected):
+        assert np.abs(ours - theirs).max() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_flow_model_exports_with_two_input_channels(tmp_path):
+    embedder = _embedder("i3d_inception_flow_kinetics")
+    path = tmp_path / "flow.onnx"
+    clips = torch.randn(1, 2, 9, 33, 33).clamp(-1, 1)
+    with torch.no_grad():
+        torch.onnx.export(embedder, (clips,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["clips"], output_names=["logits", "features"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits", "features"], {"clips": clips.numpy()})
+    for ours, theirs in zip(got, _torch_outputs(embedder, clips)):
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-4
