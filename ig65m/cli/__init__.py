@@ -6,7 +6,6 @@ Commands are thin: they parse options and call the library. Each lives in its ow
 import click
 
 from ig65m import __version__
-from ig65m.cli.base import not_built
 from ig65m.cli.convert import convert
 from ig65m.cli.extract import extract
 from ig65m.cli.index import index_build, index_query, index_serve
