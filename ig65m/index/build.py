@@ -67,6 +67,8 @@ def prepare(vectors, metric):
     """Vectors as Faiss takes them: float32 C-contiguous, L2-normalised for cosine (in place)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric == "cosine":
+        if not vectors.flags.writeable:
+            vectors = vectors.copy()
         faiss.normalize_L2(vectors)
     return vectors
 

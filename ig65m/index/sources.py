@@ -96,7 +96,8 @@ def iter_chunks(files, chunk_rows=CHUNK_ROWS):
     for item in files:
         features = item.features()
         for first in range(0, item.rows, chunk_rows):
-            chunk = np.ascontiguousarray(features[first:first + chunk_rows], dtype=np.float32)
+            # a copy: the file is mapped read-only and cosine normalises chunks in place
+            chunk = np.array(features[first:first + chunk_rows], dtype=np.float32, order="C")
             bad = ~np.isfinite(chunk).all(axis=1)
             if bad.any():
                 row = first + int(np.argmax(bad))
