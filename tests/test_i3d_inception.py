@@ -1,5 +1,5 @@
 """I3D Inception-v1: TF "SAME" padding by hand, shapes, published key names, the head, loading
-hassony2's state_dict through the registry, two-stream fusion and ONNX export."""
+hassony2's state_dict through the registry, two-stream fusion (ONNX: test_i3d_onnx.py)."""
 
 import itertools
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ig65m.models import get_model, get_spec
 from ig65m.models.i3d_inception import (InceptionI3D, MaxPool3dTFSame, TFSamePad, tf_same_padding,
                                         two_stream_logits)
+from tests.i3d_helpers import randomise_batch_norms
 
 MIXED = ("3b", "3c", "4b", "4c", "4d", "4e", "4f", "5b", "5c")
 
@@ -124,18 +125,9 @@ def test_state_dict_has_exactly_the_published_keys_and_shapes():
     assert flow["conv3d_1a_7x7.conv3d.weight"].shape == (64, 2, 7, 7, 7)
 
 
-def _randomise_batch_norms(model):
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model
-
-
 def test_hassony2_state_dict_loads_through_the_registry(tmp_path):
     torch.manual_seed(1)
-    source = _randomise_batch_norms(InceptionI3D(num_classes=400, in_channels=2)).eval()
+    source = randomise_batch_norms(InceptionI3D(num_classes=400, in_channels=2)).eval()
     path = tmp_path / "model_flow.pth"
     # as the port saved it: a plain dict of tensors, no num_batches_tracked
     torch.save({key: value.clone() for key, value in source.state_dict().items()}, path)

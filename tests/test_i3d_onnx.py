@@ -8,6 +8,7 @@ import torch
 from ig65m.convert.onnx import OPSET, OnnxBackend, export_onnx
 from ig65m.embedder import ClipEmbedder
 from ig65m.models import get_spec
+from tests.i3d_helpers import randomise_batch_norms
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -15,11 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 def _embedder(name, pool_temporal="mean"):
     torch.manual_seed(0)
     spec = get_spec(name)
-    model = spec.builder(num_classes=spec.weights.num_classes).eval()
-    for module in model.modules():  # non-trivial statistics, so batch norm folding is exercised
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+    model = randomise_batch_norms(spec.builder(num_classes=spec.weights.num_classes)).eval()
     return ClipEmbedder(model, pool_spatial="mean", pool_temporal=pool_temporal).eval()
 
 

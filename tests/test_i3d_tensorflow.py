@@ -9,6 +9,7 @@ from ig65m.convert.tensorflow import (convert_tf_i3d, pytorch_port_state_dict, r
                                       tf_i3d_state_dict)
 from ig65m.errors import Ig65mError
 from ig65m.models.i3d_inception import InceptionI3D
+from tests.i3d_helpers import randomise_batch_norms
 
 MIXED = ("3b", "3c", "4b", "4c", "4d", "4e", "4f", "5b", "5c")
 # (our sub-module, DeepMind's unit, piergiaj's sub-module) inside a Mixed layer
@@ -25,13 +26,8 @@ STEM = (("conv3d_1a_7x7", "Conv3d_1a_7x7"), ("conv3d_2b_1x1", "Conv3d_2b_1x1"),
 def source_model(in_channels=3, num_classes=400, seed=0):
     """A random model whose batch norms have scale 1, as TensorFlow's (no scale variable)."""
     torch.manual_seed(seed)
-    model = InceptionI3D(num_classes=num_classes, in_channels=in_channels).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model
+    model = InceptionI3D(num_classes=num_classes, in_channels=in_channels)
+    return randomise_batch_norms(model).eval()
 
 
 def deepmind_units():
