@@ -1,0 +1,233 @@
+"""index-serve and index-query against a real server process on an ephemeral 127.0.0.1 port."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from click.testing import CliRunner
+
+from ig65m.cli import main
+from ig65m.index import build_index
+from ig65m.index.server import default_body_cap
+from tests.test_index_build import clustered, write
+
+TOKEN = "s3cret-token"
+DIM = 16
+
+
+def start_server(argv, env=None):
+    """Start a server process; wait for its 'serving ... on http://HOST:PORT' line -> (proc, url)."""
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, **(env or {})))
+    deadline = time.monotonic() + 120
+    for line in process.stderr:
+        found = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            return process, found.group(1)
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    raise AssertionError(f"server did not start: {process.stderr.read()}")
+
+
+def stop(process):
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("collection")
+    parts = [clustered(120, DIM, 1), clustered(80, DIM, 2)]
+    paths = [write(folder, f"video{n}", part) for n, part in enumerate(parts)]
+    build_index(paths, folder / "idx", progress=False)
+    return folder, np.concatenate(parts)
+
+
+@pytest.fixture(scope="module")
+def server(collection):
+    folder, _ = collection
+    process, url = start_server([sys.executable, "-m", "ig65m.index.server", str(folder / "idx"),
+                                 "--port", "0", "--threads", "4"], env={"IG65M_TOKEN": TOKEN})
+    yield url
+    stop(process)
+
+
+def auth(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_healthz_needs_no_token(server):
+    answer = requests.get(f"{server}/healthz", timeout=10)
+    assert answer.status_code == 200
+    health = answer.json()
+    assert (health["count"], health["dimension"], health["metric"]) == (200, DIM, "l2")
+
+
+def test_search_json_and_raw_agree_and_find_themselves(server, collection):
+    _, vectors = collection
+    body = {"vectors": vectors[[3, 150]].tolist(), "k": 4, "nprobe": 16}
+    answer = requests.post(f"{server}/search", json=body, headers=auth(), timeout=10)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [row[0]["id"] for row in results] == [3, 150] and all(len(r) == 4 for r in results)
+    hit = results[1][0]
+    assert (hit["path"], hit["clip"], hit["start"], hit["end"]) == ("/videos/video1.mp4", 30, 15.0, 15.5)
+    assert hit["distance"] == pytest.approx(0.0, abs=1e-3)
+    raw = requests.post(f"{server}/search?k=4", data=vectors[[3, 150]].astype("<f4").tobytes(),
+                        headers={**auth(), "Content-Type": "application/octet-stream"}, timeout=10)
+    assert raw.status_code == 200 and raw.json()["results"] == results
+
+
+def test_clips_endpoint(server):
+    answer = requests.get(f"{server}/clips/121", headers=auth(), timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["path"] == "/videos/video1.mp4" and answer.json()["clip"] == 1
+    assert requests.get(f"{server}/clips/200", headers=auth(), timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("headers", [{}, auth("wrong"), {"Authorization": TOKEN}])
+def test_token_is_required(server, headers):
+    for method, path in (("GET", "/clips/1"), ("POST", "/search")):
+        answer = requests.request(method, f"{server}{path}", headers=headers, timeout=10,
+                                  json={"vectors": [[0.0] * DIM]})
+        assert answer.status_code == 401 and "token" in answer.json()["error"]
+
+
+ROW = [0.5] * DIM
+BAD_JSON = [
+    ('{"vectors": [[1, 2]]}', 400, "16 numbers"),
+    ('{"vectors": [[1, 2', 400, "not valid JSON"),
+    ('[1, 2]', 400, "JSON object"),
+    ('{"k": 3}', 400, "non-empty list"),
+    ('{"vectors": []}', 400, "non-empty list"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", "NaN]"), 400, "NaN"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", "-Infinity]"), 400, "Infinity"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", "1e39]"), 400, "float32"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", '"1"]'), 400, "only numbers"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", "true]"), 400, "boolean"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", "null]"), 400, "only numbers"),
+    ('{"vectors": [%s]}' % json.dumps(ROW).replace("0.5]", "[1]]"), 400, "only numbers"),
+    ('{"vectors": [%s]}' % json.dumps([[0.5]] * DIM), 400, "only numbers"),
+    ('{"vectors": [%s], "k": 0}' % json.dumps(ROW), 400, "k"),
+    ('{"vectors": [%s], "k": 1001}' % json.dumps(ROW), 400, "k"),
+    ('{"vectors": [%s], "k": "5"}' % json.dumps(ROW), 400, "k"),
+    ('{"vectors": [%s], "k": 2.5}' % json.dumps(ROW), 400, "k"),
+    ('{"vectors": [%s], "nprobe": -1}' % json.dumps(ROW), 400, "nprobe"),
+    ('{"vectors": %s}' % json.dumps([ROW] * 1025), 400, "at most 1024"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", BAD_JSON)
+def test_bad_json_requests_are_4xx(server, body, status, message):
+    answer = requests.post(f"{server}/search", data=body, timeout=10,
+                           headers={**auth(), "Content-Type": "application/json"})
+    assert answer.status_code == status and message in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize("data, query, message", [
+    (b"\0" * 10, "", "whole number"),
+    (b"", "", "whole number"),
+    (np.full(DIM, np.nan, "<f4").tobytes(), "", "NaN"),
+    (np.zeros(DIM, "<f4").tobytes(), "?k=abc", "integer"),
+    (np.zeros(DIM, "<f4").tobytes(), "?k=5000", "k"),
+    (np.zeros(DIM, "<f4").tobytes(), "?nprobe=0", "nprobe"),
+])
+def test_bad_raw_requests_are_400(server, data, query, message):
+    answer = requests.post(f"{server}/search{query}", data=data, timeout=10,
+                           headers={**auth(), "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+
+
+def test_oversized_body_is_413_and_unknown_routes_404(server):
+    huge = b"0" * (default_body_cap(DIM) + 4)
+    answer = requests.post(f"{server}/search", data=huge, timeout=30,
+                           headers={**auth(), "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 413 and "error" in answer.json()
+    for path in ("/nope", "/clips/-1", "/clips/abc"):
+        answer = requests.get(f"{server}{path}", headers=auth(), timeout=10)
+        assert answer.status_code == 404 and "error" in answer.json()
+    assert requests.get(f"{server}/search", headers=auth(), timeout=10).status_code == 405
+    assert requests.get(f"{server}/healthz", timeout=10).status_code == 200  # still serving
+
+
+def test_concurrent_burst_has_no_error(server, collection):
+    _, vectors = collection
+
+    def one(number):
+        answer = requests.post(f"{server}/search", json={"vectors": [vectors[number].tolist()],
+                                                         "k": 3}, headers=auth(), timeout=30)
+        return answer.status_code, answer.json()["results"][0][0]["id"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(one, range(200)))
+    assert outcomes == [(200, number) for number in range(200)]
+
+
+def query(*args):
+    return CliRunner().invoke(main, ["index-query", *map(str, args)])
+
+
+def test_index_query_by_clip_and_every_clip(server, collection):
+    folder, _ = collection
+    result = query(folder / "video1.npy", 7, "--url", server, "--token", TOKEN, "--k", 3)
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)
+    assert len(answers) == 1 and answers[0]["query"]["clip"] == 7
+    assert answers[0]["results"][0]["id"] == 127 and len(answers[0]["results"]) == 3
+    result = query(folder / "video0.npy", "--url", server, "--token", TOKEN, "--k", 1)
+    assert [a["results"][0]["id"] for a in json.loads(result.stdout)] == list(range(120))
+    table = query(folder / "video1.npy", 7, "--url", server, "--token", TOKEN, "--format", "table")
+    assert table.exit_code == 0 and "/videos/video1.mp4" in table.stdout
+    assert re.search(r"^\s+1\s+127\s+0\.0000\s+7\s+3\.50-4\.00", table.stdout, re.M)
+
+
+def test_index_query_errors_are_one_line(server, collection, tmp_path):
+    folder, _ = collection
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    silent = socket.socket()  # accepts connections (backlog) but never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    write(tmp_path, "wide", clustered(2, DIM + 1, 3))
+    cases = [
+        ([folder / "video1.npy", 0, "--port", port], "cannot reach"),
+        ([folder / "video1.npy", 0, "--port", silent.getsockname()[1], "--timeout", "0.5"],
+         "did not answer"),
+        ([folder / "video1.npy", 0, "--url", server], "401"),
+        ([folder / "video1.npy", 999, "--url", server, "--token", TOKEN], "clip 999 does not"),
+        ([tmp_path / "wide.npy", "--url", server, "--token", TOKEN], "17-d features"),
+    ]
+    try:
+        for args, message in cases:
+            result = query(*args)
+            assert result.exit_code == 2 and message in result.stderr, result.output
+            assert result.stderr.count("\n") == 1 and result.stdout == ""
+    finally:
+        silent.close()
+
+
+def test_index_serve_command_with_env_port_and_token(collection):
+    folder, vectors = collection
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(folder / "idx")],
+                                env={"IG65M_PORT": "0", "IG65M_TOKEN": TOKEN})
+    try:
+        assert requests.get(f"{url}/clips/5", timeout=10).status_code == 401
+        answer = requests.get(f"{url}/clips/5", headers=auth(), timeout=10)
+        assert answer.status_code == 200 and answer.json()["clip"] == 5
+        assert "s3cret" not in " ".join(open(f"/proc/{process.pid}/cmdline").read().split("\0"))
+    finally:
+        stop(process)
+    bad = subprocess.run([sys.executable, "-m", "ig65m", "index-serve", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not an index" in bad.stderr
