@@ -103,6 +103,7 @@ def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_
     if query.endswith(".npy"):
         vectors, queries, model = _features_query(query, clip)
     else:
+        _check_model(options["model"], health)  # before spending time on the model
         vectors, queries, model = _video_query(query, clip, options)
     _check_compatible(vectors, model, health)
     results = client.search(vectors, k=k, nprobe=nprobe)
@@ -146,6 +147,10 @@ def _check_compatible(vectors, model, health):
         raise Ig65mError(f"the query has {vectors.shape[1]}-d features, the index "
                          f"{health['dimension']}-d: use the model the index was built with "
                          f"({health.get('model') or 'unknown'})")
+    _check_model(model, health)
+
+
+def _check_model(model, health):
     if model and health.get("model") and model != health["model"]:
         raise Ig65mError(f"the query comes from model {model}, the index from {health['model']}: "
                          f"query with --model {health['model']}")

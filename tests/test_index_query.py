@@ -1,0 +1,58 @@
+"""index-query by video, end to end: extract -> index-build -> index-serve -> index-query VIDEO."""
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ig65m.cli import main
+from ig65m.models import get_model
+from tests.test_index_server import start_server, stop
+from tests.videos import lossless_video
+
+MODEL = "r2plus1d_34_8_ig65m"
+SMALL = ["--model", MODEL, "--frame-size", "32", "--crop-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random R(2+1)D-34 weights saved as a .pth, loaded through the real --weights path."""
+    torch.manual_seed(0)
+    model, _ = get_model(MODEL, "random")
+    path = tmp_path_factory.mktemp("weights") / "r2plus1d_34_8.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_query_by_video_finds_its_own_clips(tmp_path, weights):
+    lossless_video(tmp_path / "a.mkv", frames=24)
+    lossless_video(tmp_path / "b.mkv", frames=16, width=48, height=64)
+    for name in ("a", "b"):
+        invoke("extract", tmp_path / f"{name}.mkv", tmp_path / f"{name}.npy", "--weights", weights,
+               *SMALL)
+    invoke("index-build", tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "idx", "--quiet")
+    process, url = start_server([sys.executable, "-m", "ig65m.index.server",
+                                 str(tmp_path / "idx"), "--port", "0"])
+    try:
+        result = invoke("index-query", tmp_path / "a.mkv", "--url", url, "--k", 2,
+                        "--weights", weights, *SMALL)
+        answers = json.loads(result.stdout)
+        assert [answer["query"]["clip"] for answer in answers] == [0, 1, 2]
+        for number, answer in enumerate(answers):
+            best = answer["results"][0]
+            assert (best["id"], best["path"], best["clip"]) == (number, str(tmp_path / "a.mkv"), number)
+            assert best["distance"] < 1e-3 * max(answer["results"][1]["distance"], 1e-3)
+        other = CliRunner().invoke(main, ["index-query", str(tmp_path / "a.mkv"), "--url", url,
+                                          "--weights", str(weights), "--model", "r2plus1d_18",
+                                          "--frame-size", "32", "--crop-size", "32"])
+        assert other.exit_code == 2 and "model r2plus1d_34_8_ig65m" in other.stderr
+    finally:
+        stop(process)
