@@ -211,7 +211,9 @@ def _piergiaj_to_ours(key):
         module = f"{module.lower()}.{ours}"
     else:
         module = module.lower()
-    return f"{module}.{rest.replace('bn.', 'batch3d.', 1) if rest.startswith('bn.') else rest}"
+    if rest.startswith("bn."):
+        rest = "batch3d." + rest[len("bn."):]
+    return f"{module}.{rest}"
 
 
 def pytorch_port_state_dict(state_dict):
