@@ -3,27 +3,14 @@
 import json
 import sys
 
-import pytest
-import torch
 from click.testing import CliRunner
 
 from ig65m.cli import main
-from ig65m.models import get_model
+from tests.test_extract import MODEL, weights  # noqa: F401 (fixture: random .pth)
 from tests.test_index_server import start_server, stop
 from tests.videos import lossless_video
 
-MODEL = "r2plus1d_34_8_ig65m"
 SMALL = ["--model", MODEL, "--frame-size", "32", "--crop-size", "32"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Random R(2+1)D-34 weights saved as a .pth, loaded through the real --weights path."""
-    torch.manual_seed(0)
-    model, _ = get_model(MODEL, "random")
-    path = tmp_path_factory.mktemp("weights") / "r2plus1d_34_8.pth"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def invoke(*args):
@@ -32,7 +19,7 @@ def invoke(*args):
     return result
 
 
-def test_query_by_video_finds_its_own_clips(tmp_path, weights):
+def test_query_by_video_finds_its_own_clips(tmp_path, weights):  # noqa: F811 (the fixture)
     lossless_video(tmp_path / "a.mkv", frames=24)
     lossless_video(tmp_path / "b.mkv", frames=16, width=48, height=64)
     for name in ("a", "b"):
