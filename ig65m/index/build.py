@@ -200,7 +200,10 @@ def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
     index = new_index(index_key, dim, metric)
     with staging_dir(index_dir) as tmp:
         sample_ids, sample = train(index, files, metric, progress)
-        query_ids, queries = sample_ids[:CALIBRATION_QUERIES], sample[:CALIBRATION_QUERIES]
+        # the sample is in collection order: pick queries across it, not from the first file
+        pick = np.random.default_rng(1).choice(len(sample), min(CALIBRATION_QUERIES, len(sample)),
+                                               replace=False)
+        query_ids, queries = sample_ids[pick], np.ascontiguousarray(sample[pick])
         heap = faiss.ResultHeap(len(queries), 11, keep_max=(metric == "cosine"))
         store = MetadataStore(tmp / METADATA_FILE, writable=True)
         add_files(index, store, files, metric, progress, truth=(queries, heap))
