@@ -19,6 +19,7 @@ from ig65m.clips import clip_windows, resample_fps
 from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import FeatureWriter, check_writable
+from ig65m.flow import flow_frames, flow_transform_for, is_flow_model
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.transforms import transform_for
 from ig65m.video import is_live, read_frames
@@ -116,11 +117,16 @@ class Extractor:
             raise Ig65mError(f"--batch-size must be positive, got {batch_size}")
         settings = self.settings(**clip_options)
         clips = self._clips(source, settings, max_clips, duration, format, input_options)
-        transform = transform_for(self.spec.weights, settings["crop_size"])
+        transform = self._transform(settings["crop_size"])
         with _Prefetcher(_batched(clips, transform, batch_size)) as prepared:
             for tensor, times in prepared:
                 logits, features = self._run(tensor)
                 yield Batch(logits, features, times)
+
+    def _transform(self, crop_size):
+        if is_flow_model(self.spec.weights):
+            return flow_transform_for(self.spec.weights, crop_size)
+        return transform_for(self.spec.weights, crop_size)
 
     def _clips(self, source, settings, max_clips, duration, format, input_options):
         frames = read_frames(source, frame_size=settings["frame_size"], format=format,
@@ -129,6 +135,8 @@ class Extractor:
             frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
         if settings["fps"]:
             frames = resample_fps(frames, settings["fps"])
+        if is_flow_model(self.spec.weights):
+            frames = flow_frames(frames)
         clips = clip_windows(frames, clip_frames=settings["clip_frames"], step=settings["step"],
                              tail=settings["tail"])
         return itertools.islice(clips, max_clips) if max_clips else clips

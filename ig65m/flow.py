@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ig65m.errors import Ig65mError
+from ig65m.transforms import centre_crop
 
 METHODS = ("auto", "tvl1", "farneback")
 FLOW_BOUND = 20.0
@@ -98,12 +99,7 @@ class FlowClipTransform:
         flows = torch.from_numpy(np.asarray(flows, dtype=np.float32))
         if flows.dim() != 4 or flows.shape[-1] != 2:
             raise ValueError(f"expected flow frames (T, H, W, 2), got {tuple(flows.shape)}")
-        height, width = flows.shape[1:3]
-        if height < self.crop_size or width < self.crop_size:
-            raise Ig65mError(f"flow frames of {width}x{height} are smaller than the "
-                             f"{self.crop_size} crop; decode with --frame-size >= {self.crop_size}")
-        top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
-        crop = flows[:, top:top + self.crop_size, left:left + self.crop_size]
+        crop = centre_crop(flows, self.crop_size)
         clip = crop.permute(3, 0, 1, 2).clamp(-self.bound, self.bound).div(self.bound)
         return clip.contiguous()
 

@@ -19,15 +19,19 @@ class ClipTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
 
     def __call__(self, frames):
-        frames = torch.from_numpy(np.asarray(frames))
-        height, width = frames.shape[1:3]
-        if height < self.crop_size or width < self.crop_size:
-            raise Ig65mError(f"frames of {width}x{height} are smaller than the {self.crop_size} "
-                             f"crop; decode with --frame-size >= {self.crop_size}")
-        top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
-        crop = frames[:, top:top + self.crop_size, left:left + self.crop_size]
+        crop = centre_crop(torch.from_numpy(np.asarray(frames)), self.crop_size)
         clip = crop.permute(3, 0, 1, 2).float().div_(255.0)
         return clip.sub_(self.mean).div_(self.std).contiguous()
+
+
+def centre_crop(frames, crop_size):
+    """The centre `crop_size` square of frames (T, H, W, C); Ig65mError if they are smaller."""
+    height, width = frames.shape[1:3]
+    if height < crop_size or width < crop_size:
+        raise Ig65mError(f"frames of {width}x{height} are smaller than the {crop_size} crop; "
+                         f"decode with --frame-size >= {crop_size}")
+    top, left = (height - crop_size) // 2, (width - crop_size) // 2
+    return frames[:, top:top + crop_size, left:left + crop_size]
 
 
 def transform_for(weights, crop_size=None):

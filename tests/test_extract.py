@@ -231,3 +231,13 @@ def test_ctrl_c_on_a_live_source_keeps_what_was_extracted(tmp_path, weights):
     meta = json.loads((tmp_path / "f.json").read_text())
     assert features.shape[0] >= 1 and len(meta["clips"]) == features.shape[0]
     assert meta["interrupted"] is True and json.loads(stdout)["interrupted"] is True
+
+
+def test_flow_models_extract_from_optical_flow(tmp_path):
+    pytest.importorskip("cv2")
+    lossless_video(tmp_path / "v.mkv", frames=18)
+    extractor = Extractor("i3d_inception_flow_kinetics", "random", progress=False)
+    features, meta = extractor.features(tmp_path / "v.mkv", frame_size=32, crop_size=32,
+                                        clip_frames=8)
+    assert features.shape == (3, 1024)  # 17 flow frames (one per pair): 8 + 8 + 1 padded
+    np.testing.assert_allclose(meta["clips"][1][0], 8 / 30, atol=1e-3)
