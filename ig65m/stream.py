@@ -55,7 +55,7 @@ def export_stream_onnx(model, path, *, height, width, chunk_frames=1, batch=1):
 class StreamRunner:
     """Feed (1, 3, t, H, W) float chunks of one stream; `step` -> (logits (K,), features (D,)).
 
-    backend "torch" runs `model` on `device`; "onnx" exports `model` to the path `onnx` (with
+    backend "torch" runs `model` on `device`; "onnxruntime" exports `model` to the path `onnx` (with
     `export_stream_onnx`, `chunk_frames` frames a step) and runs that file in ONNX Runtime.
     `reset()` starts a new stream (the `clean_activation_buffers()` of the explicit state).
     """
@@ -64,12 +64,12 @@ class StreamRunner:
                  chunk_frames=1):
         self.model, self.backend, self.device = model, backend, device
         self.height, self.width, self.chunk_frames = height, width, chunk_frames
-        if backend == "onnx":
+        if backend == "onnxruntime":
             if onnx is None:
-                raise Ig65mError("the onnx backend needs an .onnx path for the stream model")
+                raise Ig65mError("the onnxruntime backend needs an .onnx path for the stream model")
             self._session = self._open_onnx(onnx)
         elif backend != "torch":
-            raise Ig65mError(f"unknown backend {backend!r}; choose torch or onnx")
+            raise Ig65mError(f"unknown backend {backend!r}; choose torch or onnxruntime")
         self.reset()
 
     def _open_onnx(self, path):
@@ -77,7 +77,10 @@ class StreamRunner:
 
         export_stream_onnx(self.model, path, height=self.height, width=self.width,
                            chunk_frames=self.chunk_frames)
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: stderr stays readable
+        return onnxruntime.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
 
     def reset(self):
         state = self.model.initial_state(1, self.height, self.width,
@@ -87,7 +90,7 @@ class StreamRunner:
     @torch.inference_mode()
     def step(self, chunk):
         """One chunk (1, 3, t, H, W) float32 (tensor or array) -> (logits, features) numpy."""
-        if self.backend == "onnx":
+        if self.backend == "onnxruntime":
             feeds = {"clips": np.ascontiguousarray(chunk, dtype=np.float32)}
             feeds.update({f"state_{i}": s for i, s in enumerate(self._state)})
             logits, features, *self._state = self._session.run(None, feeds)

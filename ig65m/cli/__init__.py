@@ -6,10 +6,13 @@ Commands are thin: they parse options and call the library. Each lives in its ow
 import click
 
 from ig65m import __version__
+from ig65m.cli.classify import classify
 from ig65m.cli.convert import convert
 from ig65m.cli.extract import extract
 from ig65m.cli.index import index_build, index_query, index_serve
+from ig65m.cli.models import models
 from ig65m.cli.semcode import semcode
+from ig65m.cli.train import evaluate, finetune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,5 +21,6 @@ def main():
     """Video clip embeddings with pretrained 3D CNNs, searchable with Faiss."""
 
 
-for _command in (convert, extract, semcode, index_build, index_serve, index_query):
+for _command in (convert, extract, semcode, index_build, index_serve, index_query, models, classify,
+                 finetune, evaluate):
     main.add_command(_command)

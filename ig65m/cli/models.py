@@ -1,0 +1,70 @@
+"""`models`: every registered model with its family, classes, input and weights."""
+
+import json
+
+import click
+import torch
+
+from ig65m.cli.base import command
+from ig65m.models import list_models
+
+COLUMNS = ("name", "family", "classes", "clip_frames", "input", "parameters", "weights")
+
+
+def count_parameters(spec):
+    """Parameters of a registered model, built on the meta device (no memory, no init time)."""
+    with torch.device("meta"):
+        model = spec.builder(num_classes=spec.weights.num_classes)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def model_rows():
+    """One dict per registered model, sorted by name (the columns of `ig65m models`)."""
+    rows = []
+    for spec in list_models():
+        row = spec.weights
+        rows.append({"name": spec.name, "family": spec.family, "classes": row.num_classes,
+                     "clip_frames": row.clip_frames,
+                     "input": f"{row.clip_frames}x{row.crop_size}x{row.crop_size}",
+                     "parameters": count_parameters(spec), "feature_dim": spec.feature_dim,
+                     "labels": row.labels, "weights": row.url, "description": spec.description})
+    return rows
+
+
+def _millions(count):
+    return f"{count / 1e6:.2f}M"
+
+
+def format_table(rows):
+    """Aligned plain-text columns."""
+    cells = [[str(row[c]) if c != "parameters" else _millions(row[c]) for c in COLUMNS]
+             for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(COLUMNS)]
+    lines = [COLUMNS] + cells
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                     for line in lines)
+
+
+def format_markdown(rows):
+    """A Markdown table (the README's models section is generated from it)."""
+    head = ["model", "family", "classes", "input (T x H x W)", "parameters", "feature dim",
+            "description"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"`{row['name']}`", row["family"], str(row["classes"]), row["input"].replace("x", " x "),
+                 _millions(row["parameters"]), str(row["feature_dim"]), row["description"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@command("models")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True, help="json: one object per line.")
+def models(output_format):
+    """List every model: name, family, classes, clip frames, input size, parameters, weights URL."""
+    rows = model_rows()
+    if output_format == "json":
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        click.echo(format_markdown(rows) if output_format == "markdown" else format_table(rows))
