@@ -5,13 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ig65m.embedder import ClipEmbedder
 from ig65m.models import get_model, get_spec, list_models
 from ig65m.models.movinet import (ConvUnit, MoViNet, TFSameAvgPool, _Tape, movinet, pad_same,
                                   same_pads)
 from ig65m.models.movinet_config import A0
 from ig65m.stream import StreamRunner, export_stream_onnx
 
-SIZE, FRAMES = 64, 8
+SIZE, FRAMES = 72, 8  # 72 -> 36, 18, 9, 5, 3: odd sizes on the way, as at 172
 
 
 def randomise(model, seed=0):
@@ -67,7 +68,7 @@ def test_base_model_shapes_and_parameters(clip):
     with torch.no_grad():
         feature_map = model.forward_features(clip)
         logits = model(clip)
-    assert feature_map.shape == (1, 480, FRAMES, 2, 2)
+    assert feature_map.shape == (1, 480, FRAMES, 3, 3)
     assert logits.shape == (1, 600) and torch.isfinite(logits).all()
     # The paper's MoViNet-A0 has 3.1M parameters.
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - 3.1) < 0.05
@@ -203,6 +204,17 @@ def test_stream_onnx_matches_torch(stream_a0, clip, tmp_path):
     with torch.no_grad():
         whole = stream_a0(clip)[0].numpy()
     assert np.abs(ours - whole).max() <= 1e-4
+
+
+def test_base_onnx_matches_torch(clip, tmp_path):
+    from ig65m.convert.onnx import OnnxBackend, export_onnx
+    embedder = ClipEmbedder(randomise(movinet("A0"))).eval()
+    export_onnx(embedder, tmp_path / "a0.onnx", clip_frames=4, crop_size=SIZE)
+    logits, features = OnnxBackend(tmp_path / "a0.onnx")(clip[:, :, :4].numpy())
+    with torch.no_grad():
+        reference_logits, reference_features = embedder(clip[:, :, :4])
+    assert np.abs(logits - reference_logits.numpy()).max() <= 1e-4
+    assert np.abs(features - reference_features.numpy()).max() <= 1e-4
 
 
 def test_export_refuses_base_models(tmp_path):

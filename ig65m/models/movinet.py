@@ -44,8 +44,8 @@ def _make_divisible(value, divisor=8):
 
 def same_pads(size, kernel, stride):
     """TensorFlow "SAME" padding of one dimension -> (before, after); the odd pixel goes after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
+    out = (size + stride - 1) // stride  # ceil without negative floor division: exported
+    total = max((out - 1) * stride + kernel - size, 0)  # to ONNX, Div truncates toward zero
     return total // 2, total - total // 2
 
 

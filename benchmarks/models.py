@@ -1,0 +1,187 @@
+"""Model zoo benchmark: parameters, GFLOPs, clips/s and frames/s (torch and ONNX Runtime) of every
+registered model at its default input; for stream models also per-frame latency and peak memory
+over a long live stream.
+
+    python benchmarks/models.py                                  # everything (slow on 2 cores)
+    python benchmarks/models.py --models movinet_a0_base movinet_a0_stream --stream-minutes 1
+
+GFLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on the meta device (2 FLOPs per
+multiply-add, convolutions and matrix products only) for one clip. Throughput is batch 1, after one
+warm-up run, for `--seconds` of timed runs (at least one) per model and backend. Stream models run
+`ig65m.classify.classify_stream` on a lavfi test source at the model's frame rate for
+`--stream-minutes` of video, in a fresh process per backend whose peak RSS (ru_maxrss) is the
+memory figure; the RSS after the first and the last prediction show whether memory grows.
+Random weights: speed and memory do not depend on them. Prints one JSON line per model, then a
+Markdown table.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ig65m.cli.models import count_parameters
+from ig65m.embedder import ClipEmbedder
+from ig65m.models import get_model, get_spec, list_models
+
+LAVFI = "testsrc=size=320x240:rate={fps}"
+
+
+def input_shape(spec, batch=1):
+    row = spec.weights
+    return (batch, len(row.mean), row.clip_frames, row.crop_size, row.crop_size)
+
+
+def gflops(spec):
+    """GFLOPs of one clip at the default input, counted on the meta device (no compute)."""
+    with torch.device("meta"):
+        model = spec.builder(num_classes=spec.weights.num_classes).eval()
+        clips = torch.empty(input_shape(spec))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(clips)
+    return counter.get_total_flops() / 1e9
+
+
+def _timed(run, seconds):
+    """Seconds per call: one warm-up, then calls until `seconds` have passed (at least one)."""
+    run()
+    times, began = [], time.perf_counter()
+    while not times or time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return sum(times) / len(times)
+
+
+def torch_throughput(spec, seconds):
+    model, _ = get_model(spec.name, "random", progress=False)
+    embedder = ClipEmbedder(model).eval()
+    clips = torch.rand(input_shape(spec))
+    with torch.inference_mode():
+        return 1.0 / _timed(lambda: embedder(clips), seconds)
+
+
+def onnx_throughput(spec, seconds, folder):
+    from ig65m.convert.onnx import OnnxBackend, export_onnx
+
+    model, _ = get_model(spec.name, "random", progress=False)
+    path = Path(folder) / f"{spec.name}.onnx"
+    export_onnx(ClipEmbedder(model), path, clip_frames=spec.weights.clip_frames,
+                crop_size=spec.weights.crop_size)
+    backend = OnnxBackend(path)
+    clips = torch.rand(input_shape(spec)).numpy()
+    try:
+        return 1.0 / _timed(lambda: backend(clips), seconds)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def stream_child(name, backend, minutes):
+    """Run in a fresh process: a `minutes`-long lavfi stream through the stream model."""
+    from ig65m.classify import classify_stream
+    spec = get_spec(name)
+    model, _ = get_model(name, "random", progress=False)
+    labels = [str(i) for i in range(spec.weights.num_classes)]
+    fps = spec.weights.meta["fps"]
+    with tempfile.TemporaryDirectory() as folder:
+        records = list(classify_stream(
+            spec, model, LAVFI.format(fps=fps), labels, every=fps * 60, backend=backend,
+            onnx=Path(folder) / "stream.onnx", duration=60 * minutes, format="lavfi"))
+    video = records[-1]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"frames": video["frames"], "latency_ms": video["latency_ms"],
+                      "latency_max_ms": video["latency_max_ms"], "peak_rss_mb": round(peak, 1),
+                      "rss_first_mb": records[0]["rss_mb"], "rss_last_mb": video["rss_mb"]}))
+
+
+def stream_figures(name, backend, minutes):
+    command = [sys.executable, __file__, "--stream-child", name, "--backend", backend,
+               "--stream-minutes", str(minutes)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def benchmark(spec, args, folder):
+    row = {"model": spec.name, "input": "x".join(map(str, input_shape(spec)[2:])),
+           "params_m": round(count_parameters(spec) / 1e6, 2), "gflops": round(gflops(spec), 2)}
+    for backend, measure in (("torch", torch_throughput), ("onnxruntime", onnx_throughput)):
+        if backend in args.backends:
+            extra = (folder,) if backend == "onnxruntime" else ()
+            clips_per_s = measure(spec, args.seconds, *extra)
+            row[f"{backend}_clips_s"] = round(clips_per_s, 3)
+            row[f"{backend}_frames_s"] = round(clips_per_s * spec.weights.clip_frames, 1)
+    if spec.weights.meta.get("stream") and args.stream_minutes > 0:
+        for backend in args.backends:
+            row[f"stream_{backend}"] = stream_figures(spec.name, backend, args.stream_minutes)
+    return row
+
+
+def markdown(rows, backends):
+    head = ["model", "input T x H x W", "params", "GFLOPs"]
+    for backend in backends:
+        head += [f"{backend} clips/s", f"{backend} frames/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"`{row['model']}`", row["input"].replace("x", " x "), f"{row['params_m']}M",
+                 str(row["gflops"])]
+        for backend in backends:
+            cells += [str(row.get(f"{backend}_clips_s", "")), str(row.get(f"{backend}_frames_s", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stream_markdown(rows, backends, minutes):
+    lines = [f"| stream model | backend | frames ({minutes} min at model fps) | ms/frame (mean) | "
+             "ms/frame (max) | peak RSS MiB | RSS first / last prediction MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for backend in backends:
+            figures = row.get(f"stream_{backend}")
+            if figures and "error" not in figures:
+                lines.append(f"| `{row['model']}` | {backend} | {figures['frames']} | "
+                             f"{figures['latency_ms']} | {figures['latency_max_ms']} | "
+                             f"{figures['peak_rss_mb']} | {figures['rss_first_mb']} / "
+                             f"{figures['rss_last_mb']} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=None, help="default: every registered one")
+    parser.add_argument("--backends", nargs="*", default=["torch", "onnxruntime"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measure")
+    parser.add_argument("--stream-minutes", type=float, default=10.0)
+    parser.add_argument("--stream-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stream_child:
+        return stream_child(args.stream_child, args.backend, args.stream_minutes)
+    specs = [get_spec(name) for name in args.models] if args.models else list_models()
+    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average "
+          f"{os.getloadavg()}", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            began = time.perf_counter()
+            rows.append(benchmark(spec, args, folder))
+            print(json.dumps(rows[-1]), flush=True)
+            print(f"{spec.name}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    print(markdown(rows, args.backends))
+    if any(k.startswith("stream_") for row in rows for k in row):
+        print()
+        print(stream_markdown(rows, args.backends, args.stream_minutes))
+
+
+if __name__ == "__main__":
+    main()
