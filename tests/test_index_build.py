@@ -179,6 +179,14 @@ def test_cli_prints_manifest_and_reports_errors(tmp_path):
     assert result.stderr.count("\n") == 1 and result.stdout == ""
     result = runner.invoke(main, ["index-build", str(tmp_path / "idx")])
     assert result.exit_code == 2 and "INDEX_DIR" in result.stderr
+    write(tmp_path, "more", clustered(5, 8, 2))
+    result = runner.invoke(main, ["index-build", str(tmp_path / "more.npy"), str(tmp_path / "idx"),
+                                  "--append", "--metric", "l2"])
+    assert result.exit_code == 2 and "keeps the index's own" in result.stderr
+    result = runner.invoke(main, ["index-build", str(tmp_path), str(tmp_path / "idx"), "--append",
+                                  "--quiet"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["count"] == 15
+    assert "skipping" in result.stderr and json.loads(result.stdout)["metric"] == "cosine"
 
 
 def test_choice_of_index_follows_size_and_memory():

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from ig65m.cli import main
 from ig65m.index import build_index
-from ig65m.index.server import default_body_cap
+from ig65m.index.server import default_body_cap, omp_threads_for
 from tests.test_index_build import clustered, write
 
 TOKEN = "s3cret-token"
@@ -231,3 +231,9 @@ def test_index_serve_command_with_env_port_and_token(collection):
     bad = subprocess.run([sys.executable, "-m", "ig65m", "index-serve", str(folder)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not an index" in bad.stderr
+
+
+def test_openmp_threads_share_the_cores():
+    assert omp_threads_for(4, cores=2) == 1
+    assert omp_threads_for(1, cores=8) == 8
+    assert omp_threads_for(3, cores=8) == 2
