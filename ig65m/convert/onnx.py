@@ -18,6 +18,9 @@ from ig65m.fileio import atomic_path
 INPUT = "clips"
 OUTPUTS = ("logits", "features")
 OPSET = 17
+# ONNX Runtime graph optimisation levels, by the name the options use
+OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                 "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def export_onnx(embedder, path, *, clip_frames, crop_size):
@@ -48,19 +51,24 @@ def export_onnx(embedder, path, *, clip_frames, crop_size):
 class OnnxBackend:
     """Runs an exported embedder with ONNX Runtime: clips (N, 3, T, H, W) -> (logits, features).
 
-    `threads`: intra-op threads (None lets ONNX Runtime use every physical core). Uses CUDA when
+    `threads`: intra-op threads (None lets ONNX Runtime use every physical core); `optimization`:
+    the graph optimisation level, a key of OPTIMIZATIONS (default "all"). Uses CUDA when
     the installed onnxruntime has it and a GPU is present, else the CPU. `clip_frames` and
     `crop_size` are read from the model's input, which the clips must match.
     """
 
-    def __init__(self, path, *, threads=None):
+    def __init__(self, path, *, threads=None, optimization="all"):
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise Ig65mError(f"ONNX model not found: {self.path}")
+        if optimization not in OPTIMIZATIONS:
+            raise Ig65mError(f"unknown ONNX Runtime optimization {optimization!r}; choose one of: "
+                             f"{', '.join(OPTIMIZATIONS)}")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   OPTIMIZATIONS[optimization])
         options.intra_op_num_threads = threads or 0
         options.log_severity_level = 3  # errors only: stderr stays readable
         try:
