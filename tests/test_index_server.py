@@ -228,6 +228,7 @@ def test_index_serve_command_with_env_port_and_token(collection):
         assert "s3cret" not in " ".join(open(f"/proc/{process.pid}/cmdline").read().split("\0"))
     finally:
         stop(process)
+    assert process.returncode == 0  # SIGTERM handled: `docker stop` works with the server as PID 1
     bad = subprocess.run([sys.executable, "-m", "ig65m", "index-serve", str(folder)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not an index" in bad.stderr

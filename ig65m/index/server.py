@@ -10,7 +10,9 @@ import hmac
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 import faiss
 import numpy as np
@@ -186,6 +188,7 @@ def serve(index_dir, *, host="127.0.0.1", port=5000, threads=4, token=None, omp_
     body_cap = 2 * app.config["MAX_CONTENT_LENGTH"]
     server = waitress.create_server(app, host=host, port=port, threads=threads,
                                     max_request_body_size=body_cap, ident="ig65m")
+    _exit_on_sigterm()
     print(f"serving {index_dir} on http://{host}:{server.effective_port} "
           f"({threads} threads x {omp_threads} OpenMP)", file=sys.stderr, flush=True)
     try:
@@ -194,6 +197,12 @@ def serve(index_dir, *, host="127.0.0.1", port=5000, threads=4, token=None, omp_
         pass
     finally:
         server.close()
+
+
+def _exit_on_sigterm():
+    """Stop cleanly on SIGTERM: as PID 1 of a container (`docker stop`) it is ignored otherwise."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
 
 def main(argv=None):
