@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ig65m.errors import Ig65mError
-from ig65m.weights import Weights, download, load_state_dict, sha256_file
+from ig65m.weights import Weights, download, sha256_file
 
 _MODELS = {}
 
@@ -64,8 +64,9 @@ def get_model(name, weights=None, *, progress=True):
     """Build model `name` and load its weights -> (model in eval mode, weights sha256 or None).
 
     `weights`: None or "pretrained" downloads the spec's release file into the cache (checked
-    against its sha256 prefix); a path loads that local `.pth`; "random" keeps the random
-    initialisation (for pipeline checks only: a warning says the features mean nothing).
+    against its sha256 prefix); a path loads that local file (`.pth`, or a released Caffe2 /
+    TensorFlow format, see ig65m.convert.foreign); "random" keeps the random initialisation (for
+    pipeline checks only: a warning says the features mean nothing).
     """
     spec = get_spec(name)
     if weights == "random":
@@ -75,7 +76,9 @@ def get_model(name, weights=None, *, progress=True):
         path = download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
     else:
         path = Path(weights)
-    state_dict = load_state_dict(path)
+    from ig65m.convert.foreign import read_weights  # converters import the model modules
+
+    state_dict = read_weights(spec, path)
     with torch.device("meta"):  # no time spent on a random initialisation about to be replaced
         model = spec.builder(num_classes=spec.weights.num_classes)
     load_weights(model, state_dict, source=path)

@@ -1,0 +1,67 @@
+"""Released formats load through `--weights` and the pretrained path, not only our .pth."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from ig65m.convert.caffe2 import save_caffe2_blobs
+from ig65m.errors import Ig65mError
+from ig65m.models import get_model, get_spec, registry
+from ig65m.models.registry import ModelSpec
+from ig65m.weights import Weights
+from tests.test_i3d_resnet import published_blobs
+
+
+def test_caffe2_pickle_as_weights_for_i3d_resnet(tmp_path):
+    blobs = published_blobs(np.random.default_rng(0))
+    pkl = save_caffe2_blobs(tmp_path / "i3d_baseline_32x2_IN_pretrain_400k.pkl", blobs)
+    model, sha = get_model("i3d_r50_32_kinetics", pkl)
+    assert sha == hashlib.sha256(pkl.read_bytes()).hexdigest()
+    np.testing.assert_array_equal(model.fc.bias.detach().numpy(), blobs["pred_b"])
+    np.testing.assert_array_equal(model.layer2[1].conv1.weight.detach().numpy(),
+                                  blobs["res3_1_branch2a_w"])
+
+
+def test_release_download_of_a_caffe2_pickle(tmp_path, monkeypatch):
+    """The pretrained path (download into the cache, then convert) with a file:// release."""
+    blobs = published_blobs(np.random.default_rng(1))
+    pkl = save_caffe2_blobs(tmp_path / "release.pkl", blobs)
+    prefix = hashlib.sha256(pkl.read_bytes()).hexdigest()[:8]
+    named = pkl.rename(tmp_path / f"i3d_baseline-{prefix}.pkl")
+    spec = get_spec("i3d_r50_32_kinetics")
+    row = Weights(url=named.as_uri(), num_classes=400, clip_frames=32, crop_size=224)
+    monkeypatch.setitem(registry._MODELS, spec.name,
+                        ModelSpec(spec.name, spec.family, spec.builder, row, spec.feature_dim))
+    model, _ = get_model(spec.name, progress=False)
+    np.testing.assert_array_equal(model.fc.weight.detach().numpy(), blobs["pred_w"])
+
+
+def test_pickles_for_models_without_a_caffe2_release(tmp_path):
+    pkl = save_caffe2_blobs(tmp_path / "w.pkl", {"x_w": np.zeros((2, 2), np.float32)})
+    with pytest.raises(Ig65mError, match="no Caffe2 release"):
+        get_model("r2plus1d_18_16_kinetics", pkl)
+    with pytest.raises(Ig65mError, match="do not fit I3D ResNet-50"):
+        get_model("i3d_r50_32_kinetics", pkl)
+    np.savez(tmp_path / "vars.npz", x=np.zeros(2))
+    with pytest.raises(Ig65mError, match="only I3D Inception"):
+        get_model("r2plus1d_18_16_kinetics", tmp_path / "vars.npz")
+
+
+def test_hostile_pickle_as_weights_runs_nothing(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"blobs": {"a": Hostile()}}))
+    with pytest.raises(Ig65mError):
+        get_model("i3d_r50_32_kinetics", tmp_path / "evil.pkl")
+    torch.save({"a": Hostile()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
+    with pytest.raises(Ig65mError):
+        get_model("r2plus1d_18_16_kinetics", tmp_path / "evil.pth")
+    assert not marker.exists()
