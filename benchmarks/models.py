@@ -7,10 +7,11 @@ over a long live stream.
 
 GFLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on the meta device (2 FLOPs per
 multiply-add, convolutions and matrix products only) for one clip. Throughput is batch 1, after one
-warm-up run, for `--seconds` of timed runs (at least one) per model and backend. Stream models run
+warm-up run (none when one run alone takes `--seconds`), for `--seconds` of timed runs (at least
+one) per model and backend. Stream models run
 `ig65m.classify.classify_stream` on a lavfi test source at the model's frame rate for
-`--stream-minutes` of video, in a fresh process per backend whose peak RSS (ru_maxrss) is the
-memory figure; the RSS after the first and the last prediction show whether memory grows.
+`--stream-minutes` of video (`--stream-minutes-torch` for torch), in a fresh process per backend
+whose peak RSS (VmHWM) is the memory figure; the RSS after the first and the last prediction show whether memory grows.
 Random weights: speed and memory do not depend on them. Prints one JSON line per model, then a
 Markdown table.
 """
@@ -18,7 +19,6 @@ Markdown table.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -52,14 +52,27 @@ def gflops(spec):
 
 
 def _timed(run, seconds):
-    """Seconds per call: one warm-up, then calls until `seconds` have passed (at least one)."""
+    """Seconds per call: calls until `seconds` have passed (at least one timed call). The first
+    call is a warm-up, except for heavy models where it alone already takes `seconds`."""
+    start = time.perf_counter()
     run()
+    first = time.perf_counter() - start
+    if first >= seconds:
+        return first
     times, began = [], time.perf_counter()
     while not times or time.perf_counter() - began < seconds:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
     return sum(times) / len(times)
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def torch_throughput(spec, seconds):
@@ -97,9 +110,8 @@ def stream_child(name, backend, minutes):
             spec, model, LAVFI.format(fps=fps), labels, every=fps * 60, backend=backend,
             onnx=Path(folder) / "stream.onnx", duration=60 * minutes, format="lavfi"))
     video = records[-1]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"frames": video["frames"], "latency_ms": video["latency_ms"],
-                      "latency_max_ms": video["latency_max_ms"], "peak_rss_mb": round(peak, 1),
+                      "latency_max_ms": video["latency_max_ms"], "peak_rss_mb": peak_rss_mb(),
                       "rss_first_mb": records[0]["rss_mb"], "rss_last_mb": video["rss_mb"]}))
 
 
@@ -121,9 +133,12 @@ def benchmark(spec, args, folder):
             clips_per_s = measure(spec, args.seconds, *extra)
             row[f"{backend}_clips_s"] = round(clips_per_s, 3)
             row[f"{backend}_frames_s"] = round(clips_per_s * spec.weights.clip_frames, 1)
-    if spec.weights.meta.get("stream") and args.stream_minutes > 0:
+    if spec.weights.meta.get("stream"):
         for backend in args.backends:
-            row[f"stream_{backend}"] = stream_figures(spec.name, backend, args.stream_minutes)
+            minutes = args.stream_minutes_torch if backend == "torch" else args.stream_minutes
+            if minutes > 0:
+                row[f"stream_{backend}"] = dict(stream_figures(spec.name, backend, minutes),
+                                                minutes=minutes)
     return row
 
 
@@ -141,15 +156,16 @@ def markdown(rows, backends):
     return "\n".join(lines)
 
 
-def stream_markdown(rows, backends, minutes):
-    lines = [f"| stream model | backend | frames ({minutes} min at model fps) | ms/frame (mean) | "
+def stream_markdown(rows, backends):
+    lines = ["| stream model | backend | minutes | frames (model fps) | ms/frame (mean) | "
              "ms/frame (max) | peak RSS MiB | RSS first / last prediction MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for backend in backends:
             figures = row.get(f"stream_{backend}")
             if figures and "error" not in figures:
-                lines.append(f"| `{row['model']}` | {backend} | {figures['frames']} | "
+                lines.append(f"| `{row['model']}` | {backend} | {figures['minutes']} | "
+                             f"{figures['frames']} | "
                              f"{figures['latency_ms']} | {figures['latency_max_ms']} | "
                              f"{figures['peak_rss_mb']} | {figures['rss_first_mb']} / "
                              f"{figures['rss_last_mb']} |")
@@ -161,7 +177,10 @@ def main():
     parser.add_argument("--models", nargs="*", default=None, help="default: every registered one")
     parser.add_argument("--backends", nargs="*", default=["torch", "onnxruntime"])
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measure")
-    parser.add_argument("--stream-minutes", type=float, default=10.0)
+    parser.add_argument("--stream-minutes", type=float, default=10.0,
+                        help="stream length for ONNX Runtime (and the child process)")
+    parser.add_argument("--stream-minutes-torch", type=float, default=10.0,
+                        help="stream length for torch (slower: shorten on shared cores)")
     parser.add_argument("--stream-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,7 +199,7 @@ def main():
     print(markdown(rows, args.backends))
     if any(k.startswith("stream_") for row in rows for k in row):
         print()
-        print(stream_markdown(rows, args.backends, args.stream_minutes))
+        print(stream_markdown(rows, args.backends))
 
 
 if __name__ == "__main__":
