@@ -140,6 +140,7 @@ def split_entries(entries, fraction, seed):
         raise Ig65mError(f"--val-split must be between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
     train, val = [], []
+    class_names(entries)  # one class only is the first thing to say
     for name in sorted({label for _, label in entries}):
         items = [entry for entry in entries if entry[1] == name]
         if len(items) < 2:

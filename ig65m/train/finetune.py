@@ -258,6 +258,8 @@ def finetune(dataset, out_dir, config, *, val=None, resume=False, device=None, n
     if not resume and (out_dir / "last.pth").exists():
         raise Ig65mError(f"{out_dir} already holds a run (last.pth): pass --resume to continue "
                          f"it, or choose another folder")
+    if resume and not (out_dir / "last.pth").is_file():
+        raise Ig65mError(f"nothing to resume: {out_dir / 'last.pth'} does not exist")
     if out_dir.exists() and not out_dir.is_dir():
         raise Ig65mError(f"{out_dir} is not a folder")
     run = Run(dataset, out_dir, config, val=val, device=device, num_workers=num_workers,

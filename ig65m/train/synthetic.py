@@ -19,8 +19,8 @@ CLASSES = ("blink", "down", "up")
 def toy_frames(kind, rng, *, size=48, num_frames=20):
     """uint8 frames (num_frames, size, size, 3) of one toy video of class `kind`."""
     side = int(rng.integers(size // 6, size // 4 + 1))
-    background = rng.integers(0, 90, size=3)
-    colour = rng.integers(170, 256, size=3)
+    background = np.full(3, rng.integers(0, 60))  # grey levels: the class is in the motion only
+    colour = np.full(3, rng.integers(190, 256))
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     frames[:] = background.astype(np.uint8)
     left = int(rng.integers(0, size - side + 1))
