@@ -133,8 +133,6 @@ def evaluate(dataset, *, model, weights=None, labels=None, mode="video", num_cli
     label_names = find_labels(spec, weights, labels, progress=progress)
     settings = ClipSettings.resolve(spec, clip_frames, frame_size, crop_size)
     entries = datasets.label_indices(evaluation_entries(dataset), label_names)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
     net, sha256 = adapt.load_for_eval(spec, weights, len(label_names), progress=progress)
     samples = datasets.probe(entries, frame_size=settings.frame_size, progress=progress,
                              what="videos")
@@ -150,6 +148,7 @@ def evaluate(dataset, *, model, weights=None, labels=None, mode="video", num_cli
               **metrics.summarize(scores, targets, label_names),
               "predictions": _predictions(samples, scores, label_names)}
     if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(out_dir) / "report.json", report)
         plots.plot_confusion(report["confusion_matrix"], report["confusion_labels"],
                              Path(out_dir) / "confusion.png",
