@@ -123,7 +123,7 @@ def test_both_modes_score_the_views_they_claim(probe, tmp_path, mode, views):
 
 def test_modes_differ_on_these_videos():
     """The two protocols really see different views here (else the test above proves less)."""
-    clip, video = _expected([(8, 8)]), _expected([(s, l) for s in (0, 8, 16) for l in (0, 8, 16)])
+    clip, video = _expected([(8, 8)]), _expected([(s, c) for s in (0, 8, 16) for c in (0, 8, 16)])
     assert np.abs(clip - video).max() > 0.05
 
 

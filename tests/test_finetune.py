@@ -11,7 +11,7 @@ from ig65m.cli import main
 from ig65m.errors import Ig65mError
 from ig65m.models import get_spec
 from ig65m.train import adapt
-from ig65m.train.finetune import FinetuneConfig, finetune
+from ig65m.train.finetune import FinetuneConfig, Run, finetune
 from ig65m.train.synthetic import write_toy_dataset
 from ig65m.weights import load_state_dict
 
@@ -182,3 +182,25 @@ def test_movinet_head_and_blocks():
     assert model.eval()(torch.zeros(1, 3, 2, 32, 32)).shape == (1, 3)
     blocks = adapt.feature_blocks(model, "movinet")
     assert blocks[0] is model.conv1 and blocks[-1] is model.conv7 and len(blocks) == 17
+
+
+def test_stream_model_trains_through_its_buffer_in_chunks(tmp_path):
+    """movinet_a0_stream with --chunk-frames 2: a 4-frame clip goes in as 2 chunks, each with its
+    own backward pass, the stream buffer cleaned before and after (seed 004's loop)."""
+    root = write_toy_dataset(tmp_path / "toy", splits={"train": 1, "val": 1}, size=40,
+                             num_frames=6)
+    config = FinetuneConfig(model="movinet_a0_stream", weights="random", epochs=1, batch_size=3,
+                            clip_frames=4, frame_size=40, crop_size=32, chunk_frames=2)
+    run = Run(root, tmp_path / "out", config, progress=False)
+    seen = []
+    run.model.register_forward_pre_hook(lambda module, args: seen.append(
+        (args[0].shape[2], module._state is None)))
+    clips, targets = next(iter(run.train_loader))
+    loss, logits = run._forward_backward(clips, targets)
+    assert seen == [(2, True), (2, False)]  # the second chunk continues the first one's stream
+    assert run.model._state is None and not run.model.streaming
+    assert logits.shape == (3, 3) and torch.isfinite(loss)
+    assert all(p.grad is not None for p in run.model.classifier.parameters())
+    with pytest.raises(Ig65mError, match="needs a stream model"):
+        Run(root, tmp_path / "out2", FinetuneConfig(model="movinet_a0_base", weights="random",
+                                                     chunk_frames=2), progress=False)

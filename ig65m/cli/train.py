@@ -50,12 +50,15 @@ def _clip_options(function):
               help="Freeze the first K feature blocks (R(2+1)D: stem + residual blocks).")
 @click.option("--no-flip", is_flag=True,
               help="No horizontal flips in training (for classes that flipping changes).")
+@click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
+              help="Stream models (movinet_*_stream): feed each training clip in chunks of "
+                   "this many frames through the stream buffer, cleaned between videos.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT_DIR from its last.pth.")
 @_clip_options
 def finetune(dataset, out_dir, model, weights, val_dataset, val_split, epochs, batch_size,
-             optimizer, lr, weight_decay, freeze, no_flip, seed, resume, clip_frames, frame_size,
-             crop_size, device, num_workers, quiet):
+             optimizer, lr, weight_decay, freeze, no_flip, chunk_frames, seed, resume,
+             clip_frames, frame_size, crop_size, device, num_workers, quiet):
     """Fine-tune MODEL on DATASET (class folders or a path,label CSV) into OUT_DIR.
 
     OUT_DIR gets best.pth + labels.txt (for --weights/--labels of extract, classify and
@@ -67,7 +70,8 @@ def finetune(dataset, out_dir, model, weights, val_dataset, val_split, epochs, b
     config = FinetuneConfig(model=model, weights=weights, epochs=epochs, batch_size=batch_size,
                             optimizer=optimizer, lr=lr, weight_decay=weight_decay, freeze=freeze,
                             clip_frames=clip_frames, frame_size=frame_size, crop_size=crop_size,
-                            flip=not no_flip, val_split=val_split, seed=seed)
+                            flip=not no_flip, val_split=val_split, seed=seed,
+                            chunk_frames=chunk_frames)
     summary = run_finetune(dataset, out_dir, config, val=val_dataset, resume=resume,
                            device=device, num_workers=num_workers, progress=not quiet)
     click.echo(json.dumps(summary, indent=2))

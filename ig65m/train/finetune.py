@@ -57,6 +57,7 @@ class FinetuneConfig:
     flip: bool = True
     val_split: float | None = None
     seed: int = 0
+    chunk_frames: int | None = None  # stream models: train through the stream buffer in chunks
 
     def learning_rate(self):
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
@@ -90,6 +91,9 @@ class Run:
         self.spec = get_spec(config.model)
         self.settings = ClipSettings.resolve(self.spec, config.clip_frames, config.frame_size,
                                              config.crop_size)
+        if config.chunk_frames and not self.spec.weights.meta.get("stream"):
+            raise Ig65mError(f"--chunk-frames needs a stream model with a stream buffer "
+                             f"(e.g. movinet_a0_stream), not {config.model}")
         train, val_entries = datasets.load_splits(dataset, val=val, val_split=config.val_split,
                                                   seed=config.seed)
         self.labels = datasets.class_names(train)
@@ -203,14 +207,11 @@ class Run:
                    unit="batch", disable=not self.progress, file=sys.stderr, leave=False)
         for clips, targets in bar:
             clips, targets = clips.to(self.device), targets.to(self.device)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                logits = self.model(clips)
-                loss = F.cross_entropy(logits.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, logits = self._forward_backward(clips, targets)
             if not torch.isfinite(loss):
                 raise Ig65mError(f"the loss became {loss.item()} in epoch {self.epoch + 1}; "
                                  f"lower --lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -219,6 +220,30 @@ class Run:
             seen += len(targets)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         return float(np.mean(losses)), correct / max(seen, 1)
+
+    def _forward_backward(self, clips, targets):
+        """Loss and gradients of one batch -> (loss, logits). With `chunk_frames`, a stream model
+        sees the clip in consecutive chunks through its stream buffer, one backward pass per
+        chunk, the buffer cleaned before and after the batch (seed 004's training loop); the
+        last chunk's logits cover the whole clip."""
+        chunks = clips.split(self.config.chunk_frames or clips.shape[2], dim=2)
+        streaming = len(chunks) > 1
+        if streaming:
+            self.model.streaming = True
+            self.model.clean_activation_buffers()
+        total = 0.0
+        try:
+            for chunk in chunks:
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    logits = self.model(chunk)
+                    loss = F.cross_entropy(logits.float(), targets) / len(chunks)
+                self.scaler.scale(loss).backward()
+                total = total + loss.detach()
+        finally:
+            if streaming:
+                self.model.clean_activation_buffers()
+                self.model.streaming = False
+        return total, logits
 
     def validate(self):
         scores, targets = predict(self.model, self.val_loader, self.device,
