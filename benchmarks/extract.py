@@ -47,16 +47,21 @@ def throughput(video, clips, batch_size, rounds):
     prepared = list(_batched(extractor._clips(video, settings, clips, None, None, None),
                              transform, batch_size))
     extractor._run(prepared[0][0])  # warm-up
-    model_times, e2e_times = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
+    def model_only():
         for tensor, _ in prepared:
             extractor._run(tensor)
-        model_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        count = sum(len(batch.features) for batch in extractor.batches(video, **options))
-        e2e_times.append(time.perf_counter() - start)
-        assert count == clips
+        return clips
+
+    def end_to_end():
+        return sum(len(batch.features) for batch in extractor.batches(video, **options))
+
+    times = {model_only: [], end_to_end: []}
+    for round_index in range(rounds):  # alternate which goes first: the load drifts
+        for run in (model_only, end_to_end)[::1 if round_index % 2 == 0 else -1]:
+            start = time.perf_counter()
+            assert run() == clips
+            times[run].append(time.perf_counter() - start)
+    model_times, e2e_times = times[model_only], times[end_to_end]
     model_rate, e2e_rate = clips / min(model_times), clips / min(e2e_times)
     return {"clips": clips, "batch_size": batch_size, "rounds": rounds,
             "model_only_clips_per_s": round(model_rate, 3),
