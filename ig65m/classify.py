@@ -103,12 +103,14 @@ def load_stream_model(spec, weights=None, *, device=None, backend="torch", progr
 
 def classify_stream(spec, model, source, labels, *, every=None, top=5, device="cpu",
                     backend="torch", onnx=None, weights_sha256=None, frame_size=None,
-                    crop_size=None, fps=None, duration=None, format=None, input_options=None):
+                    crop_size=None, fps=None, duration=None, format=None, input_options=None,
+                    threads=None):
     """Yield {"frame", "time", "top", "latency_ms", "latency_max_ms", "rss_mb"} every `every`
     model frames (default: the model's clip frames), then {"video", "frames", "top", ...}.
 
     Frames are resampled to `fps` (default: the rate the model was trained at), decoded with the
-    short side `frame_size` and centre-cropped to `crop_size` (model defaults).
+    short side `frame_size` and centre-cropped to `crop_size` (model defaults). `threads` sets
+    ONNX Runtime's intra-op threads (torch follows `torch.set_num_threads`).
     """
     row = spec.weights
     every = every or row.clip_frames
@@ -120,7 +122,7 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
     if backend == "onnxruntime" and onnx is None:
         onnx = _cached_stream_onnx(spec, weights_sha256, crop_size)
     runner = StreamRunner(model, height=crop_size, width=crop_size, backend=backend, onnx=onnx,
-                          device=device)
+                          device=device, threads=threads)
     latency, logits, count, now = _Latency(), None, 0, 0.0
     for frame in frames:
         began = time.perf_counter()

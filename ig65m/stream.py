@@ -58,11 +58,12 @@ class StreamRunner:
     backend "torch" runs `model` on `device`; "onnxruntime" exports `model` to the path `onnx` (with
     `export_stream_onnx`, `chunk_frames` frames a step) and runs that file in ONNX Runtime.
     `reset()` starts a new stream (the `clean_activation_buffers()` of the explicit state).
+    `threads`: ONNX Runtime intra-op threads (None: every core); torch uses the process setting.
     """
 
     def __init__(self, model, *, height, width, backend="torch", onnx=None, device="cpu",
-                 chunk_frames=1):
-        self.model, self.backend, self.device = model, backend, device
+                 chunk_frames=1, threads=None):
+        self.model, self.backend, self.device, self.threads = model, backend, device, threads
         self.height, self.width, self.chunk_frames = height, width, chunk_frames
         if backend == "onnxruntime":
             if onnx is None:
@@ -79,6 +80,7 @@ class StreamRunner:
                            chunk_frames=self.chunk_frames)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: stderr stays readable
+        options.intra_op_num_threads = self.threads or 0
         return onnxruntime.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
 

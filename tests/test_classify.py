@@ -161,7 +161,7 @@ def test_cli_classify_live_lavfi_stream(workdir):
     result = _cli("classify", LAVFI, "--input-format", "lavfi", "--model", "movinet_a0_stream",
                   "--weights", workdir / "a0_stream.pth", "--labels", workdir / "labels.txt",
                   "--frame-size", SIZE, "--crop-size", SIZE, "--duration", 1.0, "--every", 2,
-                  "--fps", 6)
+                  "--fps", 6, "--threads", 1, "--backend", "onnxruntime")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["frame"] for r in records[:-1]] == [2, 4, 6] and records[-1]["frames"] == 6
@@ -173,6 +173,7 @@ def test_cli_classify_live_lavfi_stream(workdir):
     (["{video}", "--labels", "{few}"], "has 2 labels"),
     (["{video}", "--top", "0"], "must be positive"),
     (["{video}", "--every", "-1"], "must be positive"),
+    (["{video}", "--threads", "0"], "must be positive"),
     (["{video}", "--model", "nope"], "unknown model"),
 ])
 def test_cli_classify_user_errors_are_one_line(workdir, tmp_path, args, message):

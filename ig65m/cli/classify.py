@@ -3,6 +3,7 @@
 import json
 
 import click
+import torch
 
 from ig65m.classify import classify_clips, classify_stream, load_stream_model
 from ig65m.cli.base import command
@@ -57,8 +58,11 @@ def _emit(records, output_format):
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--onnx", type=click.Path(dir_okay=False), default=None,
               help="ONNX file for --backend onnxruntime (default: exported into the cache).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for the model [all cores]; 1 often gives the lowest per-frame "
+                   "latency for stream models on a busy machine.")
 def classify(source, labels_file, top, every, output_format, max_clips, duration, input_format,
-             input_option, backend, onnx, **options):
+             input_option, backend, onnx, threads, **options):
     """Print the top classes of SOURCE: per clip and for the whole video.
 
     With a stream model (e.g. --model movinet_a0_stream) frames go through the stream buffer as
@@ -67,15 +71,17 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
     until Ctrl-C. Frames are resampled to the model's training frame rate unless --fps is given.
     """
     spec = get_spec(options["model"])
-    if top < 1 or (every is not None and every < 1):
-        raise Ig65mError("--top and --every must be positive")
+    if top < 1 or (every is not None and every < 1) or (threads is not None and threads < 1):
+        raise Ig65mError("--top, --every and --threads must be positive")
+    if threads:
+        torch.set_num_threads(threads)
     check_source(source, format=input_format)
     labels = labels_for(spec.weights, labels_file)
     input_options = _parse_input_options(input_option)
     try:
         if spec.weights.meta.get("stream"):
             records = _stream_records(spec, source, labels, top, every, backend, onnx, duration,
-                                      input_format, input_options, options)
+                                      input_format, input_options, dict(options, threads=threads))
         else:
             records = _clip_records(source, labels, top, max_clips, duration, input_format,
                                     input_options, backend, onnx, options)
@@ -104,4 +110,4 @@ def _stream_records(spec, source, labels, top, every, backend, onnx, duration, i
                            backend=backend, onnx=onnx, weights_sha256=sha,
                            frame_size=options["frame_size"], crop_size=options["crop_size"],
                            fps=options["fps"], duration=duration, format=input_format,
-                           input_options=input_options)
+                           input_options=input_options, threads=options["threads"])
