@@ -83,14 +83,14 @@ def torch_throughput(spec, seconds):
         return 1.0 / _timed(lambda: embedder(clips), seconds)
 
 
-def onnx_throughput(spec, seconds, folder):
+def onnx_throughput(spec, seconds, folder, threads=None):
     from ig65m.convert.onnx import OnnxBackend, export_onnx
 
     model, _ = get_model(spec.name, "random", progress=False)
     path = Path(folder) / f"{spec.name}.onnx"
     export_onnx(ClipEmbedder(model), path, clip_frames=spec.weights.clip_frames,
                 crop_size=spec.weights.crop_size)
-    backend = OnnxBackend(path)
+    backend = OnnxBackend(path, threads=threads)
     clips = torch.rand(input_shape(spec)).numpy()
     try:
         return 1.0 / _timed(lambda: backend(clips), seconds)
@@ -98,7 +98,7 @@ def onnx_throughput(spec, seconds, folder):
         path.unlink(missing_ok=True)
 
 
-def stream_child(name, backend, minutes):
+def stream_child(name, backend, minutes, threads=None):
     """Run in a fresh process: a `minutes`-long lavfi stream through the stream model."""
     from ig65m.classify import classify_stream
     spec = get_spec(name)
@@ -108,16 +108,17 @@ def stream_child(name, backend, minutes):
     with tempfile.TemporaryDirectory() as folder:
         records = list(classify_stream(
             spec, model, LAVFI.format(fps=fps), labels, every=fps * 60, backend=backend,
-            onnx=Path(folder) / "stream.onnx", duration=60 * minutes, format="lavfi"))
+            onnx=Path(folder) / "stream.onnx", duration=60 * minutes, format="lavfi",
+            threads=threads))
     video = records[-1]
     print(json.dumps({"frames": video["frames"], "latency_ms": video["latency_ms"],
                       "latency_max_ms": video["latency_max_ms"], "peak_rss_mb": peak_rss_mb(),
                       "rss_first_mb": records[0]["rss_mb"], "rss_last_mb": video["rss_mb"]}))
 
 
-def stream_figures(name, backend, minutes):
+def stream_figures(name, backend, minutes, threads=None):
     command = [sys.executable, __file__, "--stream-child", name, "--backend", backend,
-               "--stream-minutes", str(minutes)]
+               "--stream-minutes", str(minutes)] + (["--threads", str(threads)] if threads else [])
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:]}
@@ -129,7 +130,7 @@ def benchmark(spec, args, folder):
            "params_m": round(count_parameters(spec) / 1e6, 2), "gflops": round(gflops(spec), 2)}
     for backend, measure in (("torch", torch_throughput), ("onnxruntime", onnx_throughput)):
         if backend in args.backends:
-            extra = (folder,) if backend == "onnxruntime" else ()
+            extra = (folder, args.threads) if backend == "onnxruntime" else ()
             clips_per_s = measure(spec, args.seconds, *extra)
             row[f"{backend}_clips_s"] = round(clips_per_s, 3)
             row[f"{backend}_frames_s"] = round(clips_per_s * spec.weights.clip_frames, 1)
@@ -137,8 +138,8 @@ def benchmark(spec, args, folder):
         for backend in args.backends:
             minutes = args.stream_minutes_torch if backend == "torch" else args.stream_minutes
             if minutes > 0:
-                row[f"stream_{backend}"] = dict(stream_figures(spec.name, backend, minutes),
-                                                minutes=minutes)
+                figures = stream_figures(spec.name, backend, minutes, args.threads)
+                row[f"stream_{backend}"] = dict(figures, minutes=minutes)
     return row
 
 
@@ -181,11 +182,15 @@ def main():
                         help="stream length for ONNX Runtime (and the child process)")
     parser.add_argument("--stream-minutes-torch", type=float, default=10.0,
                         help="stream length for torch (slower: shorten on shared cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and ONNX Runtime threads (default: all cores)")
     parser.add_argument("--stream-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.stream_child:
-        return stream_child(args.stream_child, args.backend, args.stream_minutes)
+        return stream_child(args.stream_child, args.backend, args.stream_minutes, args.threads)
     specs = [get_spec(name) for name in args.models] if args.models else list_models()
     print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average "
           f"{os.getloadavg()}", file=sys.stderr)
