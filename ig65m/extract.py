@@ -77,20 +77,32 @@ class Extractor:
     def _make_runner(self, backend, onnx):
         if backend == "torch":
             return lambda clips: run_torch(self.embedder, clips, self.device)
-        from ig65m.convert.onnx import OnnxBackend, export_onnx  # optional path, imported lazily
-        if onnx is None:
-            onnx = self._cached_onnx(export_onnx)
-        return OnnxBackend(onnx)
+        from ig65m.convert.onnx import OnnxBackend  # optional path, imported lazily
+        if onnx is not None:
+            return OnnxBackend(onnx)
+        sessions = {}  # one exported model per clip shape (channels, frames, crop, crop)
 
-    def _cached_onnx(self, export_onnx):
+        def run(clips):
+            shape = tuple(clips.shape[1:])
+            if shape not in sessions:
+                sessions[shape] = OnnxBackend(self._cached_onnx(shape))
+            return sessions[shape](clips)
+
+        return run
+
+    def _cached_onnx(self, clip_shape):
+        """The embedder exported for clips of `clip_shape` (C, T, H, W), in the cache."""
+        from ig65m.convert.onnx import export_onnx
         from ig65m.weights import cache_dir
+
+        channels, frames, crop = clip_shape[:3]
         sha = (self.weights_sha256 or "random")[:16]
         path = cache_dir() / "onnx" / (f"{self.spec.name}-{sha}-{self.embedder.pool_spatial}-"
-                                       f"{self.embedder.pool_temporal}.onnx")
+                                       f"{self.embedder.pool_temporal}-{frames}x{crop}.onnx")
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(self.embedder.cpu(), path, clip_frames=self.spec.weights.clip_frames,
-                        crop_size=self.spec.weights.crop_size)
+            export_onnx(self.embedder.cpu(), path, clip_frames=frames, crop_size=crop,
+                        channels=channels)
             self.embedder.to(self.device)
         return path
 

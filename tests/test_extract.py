@@ -241,3 +241,17 @@ def test_flow_models_extract_from_optical_flow(tmp_path):
                                         clip_frames=8)
     assert features.shape == (3, 1024)  # 17 flow frames (one per pair): 8 + 8 + 1 padded
     np.testing.assert_allclose(meta["clips"][1][0], 8 / 30, atol=1e-3)
+
+
+def test_flow_models_run_through_onnx_runtime(tmp_path):
+    pytest.importorskip("cv2")
+    lossless_video(tmp_path / "v.mkv", frames=9)
+    options = dict(frame_size=32, crop_size=32, clip_frames=8)
+    torch_run = Extractor("i3d_inception_flow_kinetics", "random", progress=False)
+    expected, _ = torch_run.features(tmp_path / "v.mkv", **options)
+    onnx_run = Extractor("i3d_inception_flow_kinetics", "random", progress=False,
+                         backend="onnxruntime")
+    onnx_run.embedder.load_state_dict(torch_run.embedder.state_dict())
+    features, _ = onnx_run.features(tmp_path / "v.mkv", **options)
+    assert features.shape == (1, 1024)
+    np.testing.assert_allclose(features, expected, atol=1e-4)

@@ -139,14 +139,18 @@ def test_extract_with_an_onnx_file_equals_torch(tmp_path, weights, exported):
 def test_extract_exports_into_the_cache_when_no_file_is_given(tmp_path, weights):
     lossless_video(tmp_path / "v.mkv", frames=16, width=64, height=48)
     common = ["--model", MODEL, "--weights", weights, "--max-clips", 2, "--batch-size", 2]
-    torch_features = _features(extract(tmp_path / "v.mkv", tmp_path / "t.npy", *common),
-                               tmp_path / "t.npy")
-    result = extract(tmp_path / "v.mkv", tmp_path / "o.npy", *common, "--backend", "onnxruntime")
-    onnx_features = _features(result, tmp_path / "o.npy")
-    cached = list((cache_dir() / "onnx").glob(f"{MODEL}-*.onnx"))
-    assert len(cached) == 1 and OnnxBackend(cached[0]).crop_size == 112
-    assert torch_features.shape == (2, 512)
-    assert np.abs(onnx_features - torch_features).max() <= 1e-4
+    for crop in (32, 48):  # one export per clip shape, named by it
+        sizes = ["--frame-size", crop, "--crop-size", crop]
+        torch_features = _features(extract(tmp_path / "v.mkv", tmp_path / "t.npy", *common,
+                                           *sizes, "--overwrite"), tmp_path / "t.npy")
+        result = extract(tmp_path / "v.mkv", tmp_path / "o.npy", *common, *sizes, "--overwrite",
+                         "--backend", "onnxruntime")
+        onnx_features = _features(result, tmp_path / "o.npy")
+        cached = list((cache_dir() / "onnx").glob(f"{MODEL}-*-8x{crop}.onnx"))
+        assert len(cached) == 1 and OnnxBackend(cached[0]).crop_size == crop
+        assert torch_features.shape == (2, 512)
+        assert np.abs(onnx_features - torch_features).max() <= 1e-4
+    assert len(list((cache_dir() / "onnx").iterdir())) == 2
 
 
 def test_extract_with_a_mismatched_onnx_file_fails_cleanly(tmp_path, weights, exported):

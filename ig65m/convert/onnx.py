@@ -23,17 +23,17 @@ OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-def export_onnx(embedder, path, *, clip_frames, crop_size):
+def export_onnx(embedder, path, *, clip_frames, crop_size, channels=3):
     """Export `embedder` (an `ig65m.embedder.ClipEmbedder`) to `path`, atomically.
 
-    Traced with a (1, 3, clip_frames, crop_size, crop_size) input on the embedder's device; batch is
-    dynamic, the rest fixed. The file is checked with `onnx.checker` before it is renamed into place.
+    Traced with a (1, channels, clip_frames, crop_size, crop_size) input (channels: 3 for RGB, 2 for
+    optical flow) on the embedder's device; batch is dynamic, the rest fixed. The file is checked with `onnx.checker` before it is renamed into place.
     """
     import onnx
 
     embedder = embedder.eval()
     device = next(embedder.parameters()).device
-    example = torch.zeros(1, 3, clip_frames, crop_size, crop_size, device=device)
+    example = torch.zeros(1, channels, clip_frames, crop_size, crop_size, device=device)
     batch = {0: "batch"}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # the TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
