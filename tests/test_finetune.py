@@ -204,3 +204,14 @@ def test_stream_model_trains_through_its_buffer_in_chunks(tmp_path):
     with pytest.raises(Ig65mError, match="needs a stream model"):
         Run(root, tmp_path / "out2", FinetuneConfig(model="movinet_a0_base", weights="random",
                                                      chunk_frames=2), progress=False)
+
+
+def test_match_head_loads_a_finetuned_checkpoint_into_a_registry_model():
+    """What `extract --weights OUT_DIR/best.pth` needs: a 400-class build takes a 3-class head."""
+    spec = get_spec("r2plus1d_18_16_kinetics")
+    tuned = spec.builder(num_classes=400)
+    adapt.reset_classifier(tuned, "r2plus1d", 3)
+    model = spec.builder(num_classes=400)
+    assert adapt.match_head(model, "r2plus1d", tuned.state_dict(), 400) == 3
+    model.load_state_dict(tuned.state_dict())
+    assert model.fc.out_features == 3

@@ -125,6 +125,19 @@ def load_for_eval(spec, weights, num_classes, *, progress=True):
     return model.eval(), sha256_file(path)
 
 
+def match_head(model, family, state_dict, num_classes):
+    """Give `model` (built with `num_classes` outputs) the head size of `state_dict`, e.g. a
+    finetune best.pth, so it loads strictly -> the class count of `state_dict`'s head."""
+    head = sorted(reset_classifier(model, family, num_classes))  # names the head's keys
+    weights = [key for key in head if key in state_dict and state_dict[key].ndim >= 2]
+    if not weights:
+        return num_classes
+    rows = int(state_dict[weights[0]].shape[0])
+    if rows != num_classes:
+        reset_classifier(model, family, rows)
+    return rows
+
+
 def state_dict_cpu(model):
     """A plain state_dict on the CPU, as `ig65m.weights.load_state_dict` reads it."""
     return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}

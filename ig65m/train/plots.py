@@ -7,6 +7,7 @@ written atomically.
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ig65m.fileio import atomic_path
 
@@ -29,6 +30,7 @@ def plot_history(history, path):
     accuracy.plot(epochs, [row["val_top1"] for row in history], "o-", label="val top-1")
     accuracy.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     for axes in (loss, accuracy):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()
         axes.grid(alpha=0.3)
     _save(figure, path)
