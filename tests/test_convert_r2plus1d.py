@@ -145,7 +145,7 @@ def test_wrong_classes_names_the_head_found(blobs):
     ((None, None, 359), "give --model, or --frames and --classes"),
     ((MODEL, 32, None), "--frames 32 does not match r2plus1d_34_8_ig65m"),
     ((MODEL, None, 400), "--classes 400 does not match"),
-    (("r2plus1d_18_16_kinetics", None, None), "Caffe2 R\\(2\\+1\\)D-34 weights only"),
+    (("r2plus1d_18_16_kinetics", None, None), "no Caffe2 / TensorFlow release"),
 ])
 def test_model_choice(args, error):
     model, frames, classes = args

@@ -65,3 +65,19 @@ def test_hostile_pickle_as_weights_runs_nothing(tmp_path):
     with pytest.raises(Ig65mError):
         get_model("r2plus1d_18_16_kinetics", tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+def test_convert_reads_the_i3d_resnet_caffe2_release(tmp_path):
+    from ig65m.convert.release import convert_release
+    from ig65m.convert.onnx import OnnxBackend
+    from ig65m.weights import load_state_dict
+
+    blobs = published_blobs(np.random.default_rng(2))
+    pkl = save_caffe2_blobs(tmp_path / "i3d_baseline_32x2_IN_pretrain_400k.pkl", blobs)
+    result = convert_release(pkl, tmp_path / "i3d_r50", get_spec("i3d_r50_32_kinetics"),
+                             check_batch=1, log=lambda message: None)
+    assert result.max_abs_diff <= 1e-4
+    state = load_state_dict(result.pth)
+    np.testing.assert_array_equal(state["fc.weight"].numpy(), blobs["pred_w"])
+    assert OnnxBackend(result.onnx).input_shape[1:] == (3, 32, 224, 224)
+    assert result.pth_sha256 == hashlib.sha256(result.pth.read_bytes()).hexdigest()

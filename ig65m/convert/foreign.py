@@ -13,6 +13,12 @@ from ig65m.errors import Ig65mError
 from ig65m.weights import load_state_dict
 
 TF_SUFFIXES = (".npz", ".ckpt", ".index")
+FOREIGN_FAMILIES = ("i3d_resnet", "i3d_inception")  # plus the R(2+1)D-34 Caffe2 release
+
+
+def has_foreign_release(spec):
+    """Whether `spec`'s authors published weights in a format `convert` reads."""
+    return spec.name.startswith("r2plus1d_34") or spec.family in FOREIGN_FAMILIES
 
 
 def read_weights(spec, path):

@@ -1,4 +1,4 @@
-"""Convert a released Caffe2 R(2+1)D-34 pickle into `OUT.pth` and `OUT.onnx`, verified.
+"""Convert released weights (Caffe2, TensorFlow, PyTorch ports) into `OUT.pth` and `OUT.onnx`, verified.
 
 Both files are written under temporary names and renamed into place only after every check passed:
 the state_dict fills the registry model strictly, reloads from disk (weights_only) to equal tensors,
@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ig65m.convert.caffe2 import load_caffe2_blobs, r2plus1d_34_state_dict
+from ig65m.convert.foreign import has_foreign_release, read_weights
 from ig65m.convert.onnx import OnnxBackend, export_onnx
 from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path, check_writable
+from ig65m.flow import is_flow_model
 from ig65m.models import get_spec, list_models
 from ig65m.models.registry import load_weights
 from ig65m.weights import load_state_dict, sha256_file
@@ -36,9 +37,10 @@ class Converted:
     max_abs_diff: float
 
 
-def caffe2_models():
-    """Registry specs whose weights come from the Caffe2 R(2+1)D-34 release."""
-    return [spec for spec in list_models() if spec.name.startswith("r2plus1d_34_")]
+def convertible_models():
+    """Registry specs whose authors released weights in a foreign format (Caffe2, TensorFlow,
+    PyTorch ports)."""
+    return [spec for spec in list_models() if has_foreign_release(spec)]
 
 
 def resolve_model(model=None, *, frames=None, classes=None):
@@ -46,13 +48,15 @@ def resolve_model(model=None, *, frames=None, classes=None):
 
     Options given beside `model` must agree with it (a wrong --classes is a user error).
     """
-    choices = caffe2_models()
+    choices = [spec for spec in convertible_models() if spec.name.startswith("r2plus1d_34_")]
     listing = ", ".join(f"{s.name} (--frames {s.weights.clip_frames} --classes "
                         f"{s.weights.num_classes})" for s in choices)
     if model is not None:
         spec = get_spec(model)
-        if spec not in choices:
-            raise Ig65mError(f"convert makes Caffe2 R(2+1)D-34 weights only; choose: {listing}")
+        if not has_foreign_release(spec):
+            names = ", ".join(s.name for s in convertible_models())
+            raise Ig65mError(f"{spec.name} has no Caffe2 / TensorFlow release to convert; "
+                             f"convert reads the released weights of: {names}")
     else:
         if frames is None or classes is None:
             raise Ig65mError(f"give --model, or --frames and --classes; one of: {listing}")
@@ -77,8 +81,11 @@ def output_paths(out):
     return out.with_name(out.name + ".pth"), out.with_name(out.name + ".onnx")
 
 
-def convert_caffe2(source, out, spec, *, check_batch=2, log=None):
-    """Caffe2 pickle `source` -> verified `OUT.pth` and `OUT.onnx` for registry model `spec`.
+def convert_release(source, out, spec, *, check_batch=2, log=None):
+    """Released weights `source` -> verified `OUT.pth` and `OUT.onnx` for registry model `spec`.
+
+    `source` is read by `ig65m.convert.foreign.read_weights`: a Caffe2 pickle (R(2+1)D-34,
+    I3D ResNet-50), TensorFlow variables or a PyTorch port (I3D Inception).
 
     Raises Ig65mError for any bad input or failed check, leaving no OUT.* file behind.
     """
@@ -86,9 +93,10 @@ def convert_caffe2(source, out, spec, *, check_batch=2, log=None):
     pth, onnx_path = output_paths(out)
     for path in (pth, onnx_path):
         check_writable(path)
-    num_classes = spec.weights.num_classes
-    state = r2plus1d_34_state_dict(load_caffe2_blobs(source), num_classes)
-    model = spec.builder(num_classes=num_classes)
+    if not Path(source).is_file():
+        raise Ig65mError(f"weights file not found: {source}")
+    state = read_weights(spec, source)
+    model = spec.builder(num_classes=spec.weights.num_classes)
     load_weights(model, state, source=source)
     embedder = ClipEmbedder(model.eval())
     with atomic_path(pth) as tmp_pth, atomic_path(onnx_path) as tmp_onnx:
@@ -96,7 +104,7 @@ def convert_caffe2(source, out, spec, *, check_batch=2, log=None):
         _check_reload(tmp_pth, state, pth)
         log(f"wrote the state_dict ({len(state)} tensors); exporting ONNX")
         export_onnx(embedder, tmp_onnx, clip_frames=spec.weights.clip_frames,
-                    crop_size=spec.weights.crop_size)
+                    crop_size=spec.weights.crop_size, channels=2 if is_flow_model(spec.weights) else 3)
         diff = compare_backends(embedder, tmp_onnx, batch=check_batch)
         log(f"ONNX Runtime vs PyTorch on random clips: max abs difference {diff:.3g}")
     return Converted(pth, onnx_path, sha256_file(pth), sha256_file(onnx_path), diff)
