@@ -131,7 +131,11 @@ def benchmark(spec, args, folder):
     for backend, measure in (("torch", torch_throughput), ("onnxruntime", onnx_throughput)):
         if backend in args.backends:
             extra = (folder, args.threads) if backend == "onnxruntime" else ()
-            clips_per_s = measure(spec, args.seconds, *extra)
+            try:
+                clips_per_s = measure(spec, args.seconds, *extra)
+            except Exception as err:  # noqa: BLE001  (one model failing must not stop the table)
+                row[f"{backend}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                continue
             row[f"{backend}_clips_s"] = round(clips_per_s, 3)
             row[f"{backend}_frames_s"] = round(clips_per_s * spec.weights.clip_frames, 1)
     if spec.weights.meta.get("stream"):
