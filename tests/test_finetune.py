@@ -165,22 +165,22 @@ def test_r2plus1d_head_and_blocks(tmp_path):
     model, sha256 = adapt.load_for_finetune(spec, tmp_path / "r18.pth", 4, progress=False)
     assert sha256 and model.fc.weight.shape == (4, 512)
     assert torch.equal(model.layer4[1].conv2[0][3].weight, source.layer4[1].conv2[0][3].weight)
-    blocks = adapt.feature_blocks(model, "r2plus1d")
+    blocks = adapt.feature_blocks(model)
     assert len(blocks) == 9 and blocks[0] is model.stem and blocks[-1] is model.layer4[1]
-    adapt.freeze(model, "r2plus1d", 9)
+    adapt.freeze(model, 9)
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {"fc.weight",
                                                                                  "fc.bias"}
     with pytest.raises(Ig65mError, match="has 9 feature blocks"):
-        adapt.freeze(model, "r2plus1d", 10)
+        adapt.freeze(model, 10)
 
 
 def test_movinet_head_and_blocks():
     spec = get_spec("movinet_a0_base")
     model = spec.builder(num_classes=600)
-    head = adapt.reset_classifier(model, "movinet", 3)
+    head = adapt.reset_classifier(model, 3)
     assert head == {"classifier.3.conv_1.conv3d.weight", "classifier.3.conv_1.conv3d.bias"}
     assert model.eval()(torch.zeros(1, 3, 2, 32, 32)).shape == (1, 3)
-    blocks = adapt.feature_blocks(model, "movinet")
+    blocks = adapt.feature_blocks(model)
     assert blocks[0] is model.conv1 and blocks[-1] is model.conv7 and len(blocks) == 17
 
 
@@ -210,8 +210,8 @@ def test_match_head_loads_a_finetuned_checkpoint_into_a_registry_model():
     """What `extract --weights OUT_DIR/best.pth` needs: a 400-class build takes a 3-class head."""
     spec = get_spec("r2plus1d_18_16_kinetics")
     tuned = spec.builder(num_classes=400)
-    adapt.reset_classifier(tuned, "r2plus1d", 3)
+    adapt.reset_classifier(tuned, 3)
     model = spec.builder(num_classes=400)
-    assert adapt.match_head(model, "r2plus1d", tuned.state_dict(), 400) == 3
+    assert adapt.match_head(model, tuned.state_dict(), 400) == 3
     model.load_state_dict(tuned.state_dict())
     assert model.fc.out_features == 3

@@ -90,3 +90,13 @@ def test_local_weights_errors(tmp_path):
         get_model("r2plus1d_18_16_kinetics", tmp_path / "other.pth")
     with pytest.raises(Ig65mError, match="unknown model"):
         get_model("no_such_model", "random")
+
+
+def test_a_finetuned_checkpoint_loads_with_its_own_head(tmp_path):
+    """extract/classify --weights OUT_DIR/best.pth: the head size comes from the checkpoint."""
+    tuned = get_spec("r2plus1d_18_16_kinetics").builder(num_classes=400)
+    tuned.reset_classifier(3)
+    torch.save(tuned.state_dict(), tmp_path / "best.pth")
+    model, _ = get_model("r2plus1d_18_16_kinetics", tmp_path / "best.pth")
+    assert model.fc.out_features == 3
+    assert torch.equal(model.fc.weight, tuned.fc.weight)

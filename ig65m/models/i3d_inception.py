@@ -170,6 +170,12 @@ class InceptionI3D(nn.Module):
         self.conv3d_0c_1x1 = Unit3D(1024, num_classes, use_bn=False, use_bias=True,
                                     activation=False)
 
+    def feature_blocks(self):
+        """The units and Inception modules with parameters, in forward order (seed 003 froze the
+        first ones when re-training on new classes)."""
+        return [self.conv3d_1a_7x7, self.conv3d_2b_1x1, self.conv3d_2c_3x3] + [
+            getattr(self, name) for name, _, _ in MIXED]
+
 
 def two_stream_logits(rgb_logits, flow_logits):
     """Two-stream I3D fusion as in the paper and DeepMind's demo: the sum of the two streams'

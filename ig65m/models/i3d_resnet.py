@@ -105,6 +105,12 @@ class I3DResNet50(nn.Module):
         """Replace `fc` by a new, randomly initialised 2048 -> num_classes layer (fine-tuning)."""
         self.fc = nn.Linear(self.fc.in_features, num_classes)
 
+    def feature_blocks(self):
+        """The stem convolution, then every bottleneck of layer1..layer4, in forward order."""
+        return [nn.ModuleList([self.conv1, self.bn1])] + [
+            block for layer in (self.layer1, self.layer2, self.layer3, self.layer4)
+            for block in layer]
+
 
 # The original Caffe2 release; `ig65m.convert.i3d_resnet` turns it into this model's state_dict.
 _CAFFE2 = "https://dl.fbaipublicfiles.com/video-nonlocal/i3d_baseline_32x2_IN_pretrain_400k.pkl"

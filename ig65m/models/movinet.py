@@ -299,6 +299,17 @@ class MoViNet(nn.Module):
         """Forget the stream: the next chunk starts a new video (the port's method name)."""
         self._state = None
 
+    def reset_classifier(self, num_classes):
+        """Replace the classifier's last 1x1x1 conv (hidden -> classes, with bias) by a new one."""
+        unit = self.classifier[-1].conv_1
+        old = unit[0]
+        unit[0] = type(old)(old.in_channels, num_classes, old.kernel_size, bias=True)
+        self.num_classes = num_classes
+
+    def feature_blocks(self):
+        """conv1, every bottleneck (b0_l0 ...), then conv7, in forward order (for --freeze)."""
+        return [self.conv1, *self.blocks, self.conv7]
+
 
 def _init_weights(module):
     if isinstance(module, (nn.Conv3d, nn.Conv2d)):

@@ -38,6 +38,11 @@ class R2Plus1D(VideoResNet):
         """Replace `fc` by a new, randomly initialised (512 -> num_classes) layer (fine-tuning)."""
         self.fc = nn.Linear(self.fc.in_features, num_classes)
 
+    def feature_blocks(self):
+        """The stem, then every residual block of layer1..layer4, in forward order (--freeze)."""
+        return [self.stem] + [block for layer in (self.layer1, self.layer2, self.layer3,
+                                                  self.layer4) for block in layer]
+
 
 def r2plus1d_34(*, num_classes):
     """R(2+1)D-34 as in the Caffe2 VMZ release: layers [3, 4, 6, 3], 512-d features.

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ig65m.errors import Ig65mError
+from ig65m.models.heads import match_head
 from ig65m.weights import Weights, download, sha256_file
 
 _MODELS = {}
@@ -80,12 +81,19 @@ def get_model(name, weights=None, *, progress=True):
 
     state_dict = read_weights(spec, path)
     with torch.device("meta"):  # no time spent on a random initialisation about to be replaced
-        model = spec.builder(num_classes=spec.weights.num_classes)
+        model = _build_for(spec, state_dict)
     load_weights(model, state_dict, source=path)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        model = spec.builder(num_classes=spec.weights.num_classes)  # has non-persistent buffers
+        model = _build_for(spec, state_dict)  # the model has non-persistent buffers
         load_weights(model, state_dict, source=path)
     return model.eval(), sha256_file(path)
+
+
+def _build_for(spec, state_dict):
+    """The model with the head size `state_dict` has (a fine-tuned checkpoint has its own)."""
+    model = spec.builder(num_classes=spec.weights.num_classes)
+    match_head(model, state_dict, spec.weights.num_classes)
+    return model
 
 
 def load_weights(model, state_dict, *, source):

@@ -104,7 +104,7 @@ class Run:
         torch.manual_seed(config.seed)  # the new head's initialisation
         model, self.weights_sha256 = adapt.load_for_finetune(
             self.spec, config.weights, len(self.labels), progress=progress)
-        self.frozen = adapt.freeze(model, self.spec.family, config.freeze)
+        self.frozen = adapt.freeze(model, config.freeze)
         self.model = model.to(self.device)
         self._data(train, val_entries, num_workers)
         self._optimisation()
