@@ -140,8 +140,8 @@ def test_live_source_until_max_clips_or_duration(tmp_path, weights):
                  "--max-clips", "3")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "f.npy").shape == (3, 512)
-    result = run(*LAVFI, tmp_path / "g.npy", "--weights", weights, "--model", MODEL, *SMALL,
-                 "--duration", "1")
+    result = run("--input-format", *LAVFI[1:], tmp_path / "g.npy", "--weights", weights,
+                 "--model", MODEL, *SMALL, "--duration", "1")
     meta = json.loads((tmp_path / "g.json").read_text())
     assert result.exit_code == 0 and len(meta["clips"]) == 4  # 30 frames: 8 + 8 + 8 + 6 padded
 

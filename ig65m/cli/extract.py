@@ -116,8 +116,9 @@ def _jobs(paths, output_dir, from_list):
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--tail", type=click.Choice(["pad", "drop"]), default="pad", show_default=True,
               help="Pad the last partial clip by repeating its last frame, or drop it.")
-@click.option("--format", "input_format", default=None,
-              help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source).")
+@click.option("--format", "--input-format", "input_format", default=None,
+              help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source); "
+                   "--input-format is the same option under classify's name.")
 @click.option("--input-option", multiple=True, metavar="KEY=VALUE",
               help="ffmpeg input option, e.g. video_size=640x480 (repeatable).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
