@@ -42,26 +42,43 @@ def top_k(probabilities, labels, k=5):
             for i in best]
 
 
+class ClipLabels:
+    """Top-k labels of clips as their batches arrive, and of the whole video (the mean of the
+    clips' softmax probabilities)."""
+
+    def __init__(self, labels, top=5):
+        if top < 1:
+            raise Ig65mError(f"--top must be positive, got {top}")
+        self.labels, self.top, self.count, self._total = labels, top, 0, None
+
+    def add(self, batch):
+        """An `Extractor` Batch -> [{"clip", "start", "end", "top"}] for its clips."""
+        probabilities = softmax(batch.logits)
+        records = []
+        for row, (start, end) in zip(probabilities, batch.times):
+            records.append({"clip": self.count, "start": round(float(start), 6),
+                            "end": round(float(end), 6), "top": top_k(row, self.labels, self.top)})
+            self.count += 1
+        self._total = probabilities.sum(0) + (0 if self._total is None else self._total)
+        return records
+
+    def video_top(self):
+        return top_k(self._total / self.count, self.labels, self.top)
+
+
 def classify_clips(extractor, source, labels, *, top=5, **batch_options):
     """Yield {"clip", "start", "end", "top"} per clip, then {"video", "clips", "top"}.
 
     `batch_options` go to `Extractor.batches` (frame_size, clip_frames, step, fps, batch_size,
     max_clips, duration, format, input_options).
     """
-    if top < 1:
-        raise Ig65mError(f"--top must be positive, got {top}")
-    total, count = None, 0
+    tally = ClipLabels(labels, top)
     for batch in extractor.batches(source, **batch_options):
-        probabilities = softmax(batch.logits)
-        for row, (start, end) in zip(probabilities, batch.times):
-            yield {"clip": count, "start": round(float(start), 6), "end": round(float(end), 6),
-                   "top": top_k(row, labels, top)}
-            count += 1
-        total = probabilities.sum(0) + (0 if total is None else total)
-    if count == 0:
+        yield from tally.add(batch)
+    if tally.count == 0:
         raise Ig65mError(f"{source} gave no clips to classify")
-    yield {"video": str(source), "model": extractor.spec.name, "clips": count,
-           "top": top_k(total / count, labels, top)}
+    yield {"video": str(source), "model": extractor.spec.name, "clips": tally.count,
+           "top": tally.video_top()}
 
 
 class _Latency:

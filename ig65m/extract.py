@@ -162,11 +162,12 @@ class Extractor:
         features = np.concatenate(rows).astype(np.float32, copy=False)
         return features, self.metadata(source, times, options)
 
-    def extract(self, source, output, *, format=None, **options):
+    def extract(self, source, output, *, format=None, on_batch=None, **options):
         """Write the features of `source` to `output` (.npy + .json sidecar, atomically) -> meta.
 
-        A live source (camera, lavfi) stopped with Ctrl-C keeps what was extracted until then; a
-        file interrupted or failing leaves nothing behind.
+        `on_batch(batch)`, if given, sees every Batch (logits included) as it is written. A live
+        source (camera, lavfi) stopped with Ctrl-C keeps what was extracted until then; a file
+        interrupted or failing leaves nothing behind.
         """
         check_writable(output)
         times, interrupted = [], False
@@ -175,6 +176,8 @@ class Extractor:
                 for batch in self._progress(self.batches(source, format=format, **options), source):
                     writer.write(batch.features)
                     times.extend(batch.times.tolist())
+                    if on_batch is not None:
+                        on_batch(batch)
             except KeyboardInterrupt:
                 if not is_live(source, format) or not times:
                     raise

@@ -255,3 +255,29 @@ def test_flow_models_run_through_onnx_runtime(tmp_path):
     features, _ = onnx_run.features(tmp_path / "v.mkv", **options)
     assert features.shape == (1, 1024)
     np.testing.assert_allclose(features, expected, atol=1e-4)
+
+
+def test_labels_print_top5_per_clip_and_for_the_video(tmp_path, weights):
+    lossless_video(tmp_path / "v.mkv", frames=16)
+    names = [f"hashtag_{i}" for i in range(359)]
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    result = run(tmp_path / "v.mkv", tmp_path / "f.npy", "--weights", weights, "--model", MODEL,
+                 *SMALL, "--labels", tmp_path / "labels.txt")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert len(record["clip_top"]) == 2 and all(len(top) == 5 for top in record["clip_top"])
+    scores = [entry["score"] for entry in record["top"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+    assert all(entry["label"] == names[entry["index"]] for entry in record["top"])
+    # the video's scores are the mean of the clips' softmax: recompute them from the logits
+    extractor = Extractor(MODEL, weights, progress=False)
+    batch = next(extractor.batches(tmp_path / "v.mkv", frame_size=32, crop_size=32))
+    probabilities = np.exp(batch.logits - batch.logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    best = probabilities.mean(0).argmax()
+    assert record["top"][0]["index"] == best
+    assert np.load(tmp_path / "f.npy").shape == (2, 512)
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    result = run(tmp_path / "v.mkv", tmp_path / "g.npy", "--weights", weights, "--model", MODEL,
+                 *SMALL, "--labels", tmp_path / "short.txt")
+    assert result.exit_code == 2 and not (tmp_path / "g.npy").exists()

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from ig65m.classify import ClipLabels
 from ig65m.cli.base import command
 from ig65m.embedder import POOLINGS
 from ig65m.errors import Ig65mError
 from ig65m.extract import BACKENDS, Extractor
-from ig65m.models import DEFAULT_MODEL
+from ig65m.labels import labels_for
+from ig65m.models import DEFAULT_MODEL, get_spec
 from ig65m.video import check_source
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
@@ -121,11 +123,14 @@ def _jobs(paths, output_dir, from_list):
                    "--input-format is the same option under classify's name.")
 @click.option("--input-option", multiple=True, metavar="KEY=VALUE",
               help="ffmpeg input option, e.g. video_size=640x480 (repeatable).")
+@click.option("--labels", is_flag=False, flag_value="published", default=None, metavar="[FILE]",
+              help="Also print the top-5 labels per clip and for the whole video: the model's "
+                   "published label list, or the names in FILE (one per line).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--onnx", type=click.Path(dir_okay=False), default=None,
               help="ONNX model for --backend onnxruntime (default: export the model to the cache).")
-def extract(paths, output_dir, from_list, overwrite, input_format, input_option, backend, onnx,
-            **options):
+def extract(paths, output_dir, from_list, overwrite, input_format, input_option, labels, backend,
+            onnx, **options):
     """Extract per-clip features: `extract VIDEO FEATURES.npy`, or many videos with --output-dir.
 
     VIDEO is a file, a camera such as /dev/video0, or any ffmpeg input with --format (e.g.
@@ -142,26 +147,35 @@ def extract(paths, output_dir, from_list, overwrite, input_format, input_option,
         return
     if len(pending) == 1:  # fail on a bad source before the model loads
         check_source(pending[0][0], format=input_format)
+    if labels is not None:  # a bad label file fails before the model loads
+        labels = labels_for(get_spec(model_kwargs["model"]).weights,
+                            None if labels == "published" else labels)
     extractor = Extractor(backend=backend, onnx=onnx, **model_kwargs)
-    failed = _run_jobs(extractor, pending, run_kwargs, single=len(jobs) == 1)
+    failed = _run_jobs(extractor, pending, run_kwargs, labels, single=len(jobs) == 1)
     if failed:
         raise Ig65mError(f"{len(failed)} of {len(pending)} videos failed: "
                          f"{', '.join(str(src) for src in failed)}")
 
 
-def _run_jobs(extractor, jobs, run_kwargs, single):
+def _run_jobs(extractor, jobs, run_kwargs, labels, single):
     failed = []
     for source, output in jobs:
         if not single:
             output.parent.mkdir(parents=True, exist_ok=True)
+        tally = ClipLabels(labels) if labels is not None else None
+        clip_tops = []
         try:
-            meta = extractor.extract(source, output, **run_kwargs)
+            meta = extractor.extract(source, output, **run_kwargs, on_batch=tally and (
+                lambda batch: clip_tops.extend(tally.add(batch))))
         except Ig65mError as err:
             if single:
                 raise
             click.echo(f"error: {source}: {err}", err=True)
             failed.append(source)
             continue
-        click.echo(json.dumps({"source": str(source), "output": str(output),
-                               "clips": len(meta["clips"]), "interrupted": meta["interrupted"]}))
+        record = {"source": str(source), "output": str(output), "clips": len(meta["clips"]),
+                  "interrupted": meta["interrupted"]}
+        if tally is not None:
+            record.update(top=tally.video_top(), clip_top=[clip["top"] for clip in clip_tops])
+        click.echo(json.dumps(record))
     return failed
