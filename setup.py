@@ -41,12 +41,12 @@ setup(
     entry_points={
         "console_scripts": [
             "ig65m = ig65m.cli:main",
-            "convert = ig65m.cli:convert",
-            "extract = ig65m.cli:extract",
-            "semcode = ig65m.cli:semcode",
-            "index-build = ig65m.cli:index_build",
-            "index-serve = ig65m.cli:index_serve",
-            "index-query = ig65m.cli:index_query",
+            "convert = ig65m.cli.convert:convert",
+            "extract = ig65m.cli.extract:extract",
+            "semcode = ig65m.cli.semcode:semcode",
+            "index-build = ig65m.cli.index:index_build",
+            "index-serve = ig65m.cli.index:index_serve",
+            "index-query = ig65m.cli.index:index_query",
         ],
     },
 )

@@ -7,7 +7,7 @@ writes, so both backends compute exactly the same function.
 import torch
 import torch.nn as nn
 
-POOLINGS = ("mean", "max")
+from ig65m.defaults import POOLINGS
 
 
 def _pool(x, dims, how):

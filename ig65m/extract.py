@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ig65m.clips import clip_windows, resample_fps
+from ig65m.defaults import BACKENDS
 from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import FeatureWriter, check_writable
@@ -23,8 +24,6 @@ from ig65m.flow import flow_frames, flow_transform_for, is_flow_model
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.transforms import transform_for
 from ig65m.video import is_live, read_frames
-
-BACKENDS = ("torch", "onnxruntime")
 _QUEUE_BATCHES = 2  # batches prepared ahead of the model: enough to hide decoding, little memory
 
 

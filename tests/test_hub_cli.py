@@ -36,10 +36,21 @@ def test_every_command_has_help_in_the_group(name):
     assert result.exit_code == 0 and "Usage:" in result.output
 
 
-def test_console_scripts_match_the_group():
+def test_console_scripts_are_the_group_commands():
+    from ig65m.cli import COMMANDS as GROUP
     text = (ROOT / "setup.py").read_text()
-    for name in ["ig65m", *COMMANDS]:
-        assert f'"{name} = ig65m.cli:' in text
+    assert '"ig65m = ig65m.cli:main"' in text
+    for name in COMMANDS:
+        module, attribute = GROUP[name]
+        assert f'"{name} = {module}:{attribute}"' in text
+
+
+def test_light_commands_start_without_torch():
+    code = ("import sys; from click.testing import CliRunner; from ig65m.cli import main; "
+            "[CliRunner().invoke(main, [name, '--help']) for name in ('semcode', 'index-serve')]; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_launcher_runs(tmp_path):

@@ -180,7 +180,7 @@ def test_entrypoint_is_the_console_script_of_setup_py():
 
 
 def test_index_serve_binds_where_IG65M_HOST_says(monkeypatch, tmp_path):
-    from ig65m.cli import index_serve
+    from ig65m.cli.index import index_serve
 
     if "host" not in {param.name for param in index_serve.params}:
         pytest.skip("index-serve has no --host option yet")

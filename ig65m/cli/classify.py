@@ -7,7 +7,7 @@ import torch
 
 from ig65m.classify import classify_clips, classify_stream, load_stream_model
 from ig65m.cli.base import command
-from ig65m.cli.extract import _parse_input_options, model_options, split_model_options
+from ig65m.cli.options import model_options, parse_input_options, split_model_options
 from ig65m.errors import Ig65mError
 from ig65m.extract import BACKENDS, Extractor
 from ig65m.labels import labels_for
@@ -77,7 +77,7 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
         torch.set_num_threads(threads)
     check_source(source, format=input_format)
     labels = labels_for(spec.weights, labels_file)
-    input_options = _parse_input_options(input_option)
+    input_options = parse_input_options(input_option)
     try:
         if spec.weights.meta.get("stream"):
             records = _stream_records(spec, source, labels, top, every, backend, onnx, duration,

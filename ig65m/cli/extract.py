@@ -1,6 +1,5 @@
 """`extract`: videos, folders or a camera -> per-clip features (.npy + .json sidecar)."""
 
-import functools
 import json
 from pathlib import Path
 
@@ -8,62 +7,15 @@ import click
 
 from ig65m.classify import ClipLabels
 from ig65m.cli.base import command
-from ig65m.embedder import POOLINGS
+from ig65m.cli.options import model_options, parse_input_options, split_model_options
 from ig65m.errors import Ig65mError
 from ig65m.extract import BACKENDS, Extractor
 from ig65m.labels import labels_for
-from ig65m.models import DEFAULT_MODEL, get_spec
+from ig65m.models import get_spec
 from ig65m.video import check_source
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                   ".wmv", ".ts", ".3gp", ".ogv"}
-EXTRACTOR_KEYS = ("model", "weights", "device", "pool_spatial", "pool_temporal")
-
-
-def model_options(function):
-    """Options choosing the model and its clips, shared by every command that runs a model.
-
-    They reach the command as keyword arguments; `split_model_options` sorts them into the
-    `Extractor(...)` arguments and the per-source clip options.
-    """
-    options = [
-        click.option("--model", default=DEFAULT_MODEL, show_default=True,
-                     help="Model name (see `ig65m models`)."),
-        click.option("--weights", default=None,
-                     help="Local .pth file, or 'random' for pipeline checks; default: the "
-                          "model's pretrained release, downloaded into the cache."),
-        click.option("--frame-size", type=int, default=None,
-                     help="Short side of decoded frames [model default]."),
-        click.option("--crop-size", type=int, default=None,
-                     help="Side of the centre crop fed to the model [model default]."),
-        click.option("--clip-frames", type=int, default=None, help="Frames per clip [model default]."),
-        click.option("--step", type=int, default=None, help="Frames between clip starts [clip frames]."),
-        click.option("--fps", type=float, default=None,
-                     help="Resample to this frame rate by timestamp first."),
-        click.option("--batch-size", type=int, default=4, show_default=True),
-        click.option("--device", default=None, help="torch device [cuda when present, else cpu]."),
-        click.option("--pool-spatial", type=click.Choice(POOLINGS), default="mean", show_default=True),
-        click.option("--pool-temporal", type=click.Choice(POOLINGS), default="mean", show_default=True),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
-
-
-def split_model_options(options):
-    """kwargs of `model_options` -> (Extractor kwargs, per-source kwargs)."""
-    model = {key: options.pop(key) for key in EXTRACTOR_KEYS}
-    return model, options
-
-
-def _parse_input_options(pairs):
-    parsed = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise Ig65mError(f"--input-option takes KEY=VALUE, got {pair!r}")
-        parsed[key] = value
-    return parsed
-
-
 def _expand(paths, from_list):
     """Sources: files as given, folders searched for videos, plus the lines of --from-list."""
     sources = []
@@ -138,7 +90,7 @@ def extract(paths, output_dir, from_list, overwrite, input_format, input_option,
     """
     jobs = _jobs(paths, output_dir, from_list)
     model_kwargs, run_kwargs = split_model_options(options)
-    run_kwargs.update(format=input_format, input_options=_parse_input_options(input_option))
+    run_kwargs.update(format=input_format, input_options=parse_input_options(input_option))
     pending = [(src, out) for src, out in jobs if overwrite or not out.exists()]
     for src, out in jobs:
         if (src, out) not in pending:

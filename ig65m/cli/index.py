@@ -7,7 +7,7 @@ import sys
 import click
 
 from ig65m.cli.base import command
-from ig65m.cli.extract import model_options, split_model_options
+from ig65m.cli.options import model_options, split_model_options
 from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
 from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index

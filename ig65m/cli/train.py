@@ -5,7 +5,7 @@ import json
 import click
 
 from ig65m.cli.base import command
-from ig65m.models import DEFAULT_MODEL
+from ig65m.defaults import DEFAULT_MODEL
 
 _MODEL_HELP = "Model name (see `ig65m models`)."
 

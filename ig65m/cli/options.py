@@ -1,0 +1,55 @@
+"""Options shared by every command that runs a model; importable without torch."""
+
+import functools
+
+import click
+
+from ig65m.defaults import DEFAULT_MODEL, POOLINGS
+from ig65m.errors import Ig65mError
+
+EXTRACTOR_KEYS = ("model", "weights", "device", "pool_spatial", "pool_temporal")
+
+
+def model_options(function):
+    """Options choosing the model and its clips, shared by every command that runs a model.
+
+    They reach the command as keyword arguments; `split_model_options` sorts them into the
+    `Extractor(...)` arguments and the per-source clip options.
+    """
+    options = [
+        click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                     help="Model name (see `ig65m models`)."),
+        click.option("--weights", default=None,
+                     help="Local .pth file, or 'random' for pipeline checks; default: the "
+                          "model's pretrained release, downloaded into the cache."),
+        click.option("--frame-size", type=int, default=None,
+                     help="Short side of decoded frames [model default]."),
+        click.option("--crop-size", type=int, default=None,
+                     help="Side of the centre crop fed to the model [model default]."),
+        click.option("--clip-frames", type=int, default=None, help="Frames per clip [model default]."),
+        click.option("--step", type=int, default=None, help="Frames between clip starts [clip frames]."),
+        click.option("--fps", type=float, default=None,
+                     help="Resample to this frame rate by timestamp first."),
+        click.option("--batch-size", type=int, default=4, show_default=True),
+        click.option("--device", default=None, help="torch device [cuda when present, else cpu]."),
+        click.option("--pool-spatial", type=click.Choice(POOLINGS), default="mean", show_default=True),
+        click.option("--pool-temporal", type=click.Choice(POOLINGS), default="mean", show_default=True),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+
+
+def split_model_options(options):
+    """kwargs of `model_options` -> (Extractor kwargs, per-source kwargs)."""
+    model = {key: options.pop(key) for key in EXTRACTOR_KEYS}
+    return model, options
+
+
+def parse_input_options(pairs):
+    """--input-option KEY=VALUE pairs -> {key: value} for ffmpeg."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Ig65mError(f"--input-option takes KEY=VALUE, got {pair!r}")
+        parsed[key] = value
+    return parsed

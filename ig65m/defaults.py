@@ -1,0 +1,6 @@
+"""Defaults and choices shared by the library and the command line, importable without torch
+(so that commands such as `semcode` and `index-serve` start without loading it)."""
+
+DEFAULT_MODEL = "r2plus1d_34_8_ig65m"
+POOLINGS = ("mean", "max")
+BACKENDS = ("torch", "onnxruntime")
