@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from ig65m.cli import main
 from ig65m.clips import clip_windows
 from ig65m.extract import Extractor
-from ig65m.models import get_model
 from ig65m.sample import write_sample_video
 from ig65m.transforms import ClipTransform
 from ig65m.video import read_frames
@@ -26,16 +25,6 @@ from tests.videos import ODD_RATE, audio_only, empty_video, lossless_video
 MODEL = "r2plus1d_34_8_ig65m"
 SMALL = ["--frame-size", "32", "--crop-size", "32"]
 LAVFI = ["--format", "lavfi", "testsrc=size=64x48:rate=30"]
-
-
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory):
-    """Random R(2+1)D-34 weights saved as a .pth, loaded through the real --weights path."""
-    torch.manual_seed(0)
-    model, _ = get_model(MODEL, "random")
-    path = tmp_path_factory.mktemp("weights") / "r2plus1d_34_8.pth"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import sys
 from click.testing import CliRunner
 
 from ig65m.cli import main
-from tests.test_extract import MODEL, weights  # noqa: F401 (fixture: random .pth)
+from tests.test_extract import MODEL
 from tests.test_index_server import start_server, stop
 from tests.videos import lossless_video
 
@@ -19,7 +19,7 @@ def invoke(*args):
     return result
 
 
-def test_query_by_video_finds_its_own_clips(tmp_path, weights):  # noqa: F811 (the fixture)
+def test_query_by_video_finds_its_own_clips(tmp_path, weights):
     lossless_video(tmp_path / "a.mkv", frames=24)
     lossless_video(tmp_path / "b.mkv", frames=16, width=48, height=64)
     for name in ("a", "b"):

@@ -19,16 +19,6 @@ FRAMES, CROP = 8, 32
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Random R(2+1)D-34 weights saved as a .pth, loaded through the real --weights path."""
-    torch.manual_seed(0)
-    model, _ = get_model(MODEL, "random")
-    path = tmp_path_factory.mktemp("weights") / "r2plus1d_34_8.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def embedder(weights):
     model, _ = get_model(MODEL, weights)
     return ClipEmbedder(model)
