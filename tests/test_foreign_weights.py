@@ -81,3 +81,14 @@ def test_convert_reads_the_i3d_resnet_caffe2_release(tmp_path):
     np.testing.assert_array_equal(state["fc.weight"].numpy(), blobs["pred_w"])
     assert OnnxBackend(result.onnx).input_shape[1:] == (3, 32, 224, 224)
     assert result.pth_sha256 == hashlib.sha256(result.pth.read_bytes()).hexdigest()
+
+
+def test_finetuning_starts_from_a_released_caffe2_pickle(tmp_path):
+    from ig65m.train.adapt import load_for_finetune
+
+    blobs = published_blobs(np.random.default_rng(3))
+    pkl = save_caffe2_blobs(tmp_path / "i3d_baseline_32x2_IN_pretrain_400k.pkl", blobs)
+    model, sha = load_for_finetune(get_spec("i3d_r50_32_kinetics"), pkl, 5, progress=False)
+    assert model.fc.out_features == 5 and sha
+    np.testing.assert_array_equal(model.layer1[0].conv1.weight.detach().numpy(),
+                                  blobs["res2_0_branch2a_w"])

@@ -70,16 +70,11 @@ def get_model(name, weights=None, *, progress=True):
     pipeline checks only: a warning says the features mean nothing).
     """
     spec = get_spec(name)
-    if weights == "random":
+    path = weights_file(spec, weights, progress=progress)
+    if path is None:
         print(f"warning: {name} has random weights; its features mean nothing", file=sys.stderr)
         return spec.builder(num_classes=spec.weights.num_classes).eval(), None
-    if weights in (None, "pretrained"):
-        path = download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
-    else:
-        path = Path(weights)
-    from ig65m.convert.foreign import read_weights  # converters import the model modules
-
-    state_dict = read_weights(spec, path)
+    state_dict = read_state_dict(spec, path)
     with torch.device("meta"):  # no time spent on a random initialisation about to be replaced
         model = _build_for(spec, state_dict)
     load_weights(model, state_dict, source=path)
@@ -87,6 +82,23 @@ def get_model(name, weights=None, *, progress=True):
         model = _build_for(spec, state_dict)  # the model has non-persistent buffers
         load_weights(model, state_dict, source=path)
     return model.eval(), sha256_file(path)
+
+
+def weights_file(spec, weights, *, progress=True):
+    """`--weights` as a local file: None/"pretrained" -> the release, downloaded into the cache;
+    "random" -> None; anything else is a path."""
+    if weights == "random":
+        return None
+    if weights in (None, "pretrained"):
+        return download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
+    return Path(weights)
+
+
+def read_state_dict(spec, path):
+    """The weights file at `path` -> state_dict for `spec`, whatever released format it is in."""
+    from ig65m.convert.foreign import read_weights  # converters import the model modules
+
+    return read_weights(spec, path)
 
 
 def _build_for(spec, state_dict):

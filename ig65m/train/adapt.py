@@ -10,8 +10,8 @@ Conventions every model family follows to be fine-tunable (see ig65m.models.head
 
 from ig65m.errors import Ig65mError
 from ig65m.models.heads import match_head, reset_classifier  # noqa: F401  (re-exported)
-from ig65m.models.registry import load_weights
-from ig65m.weights import download, load_state_dict, sha256_file
+from ig65m.models.registry import load_weights, read_state_dict, weights_file
+from ig65m.weights import sha256_file
 
 
 def feature_blocks(model):
@@ -41,24 +41,15 @@ def hold_frozen(frozen):
         block.eval()
 
 
-def weights_path(spec, weights, *, progress=True):
-    """--weights as a local path: None/"pretrained" downloads the spec's file; "random" -> None."""
-    if weights == "random":
-        return None
-    if weights in (None, "pretrained"):
-        return download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
-    return weights
-
-
 def load_for_finetune(spec, weights, num_classes, *, progress=True):
     """Build `spec`'s model with `weights` (whatever head they carry) and a new `num_classes`
     head -> (model, weights sha256 or None). Everything but the head must fit exactly."""
     model = spec.builder(num_classes=spec.weights.num_classes)
     head = reset_classifier(model, num_classes)
-    path = weights_path(spec, weights, progress=progress)
+    path = weights_file(spec, weights, progress=progress)
     if path is None:
         return model, None
-    state = {key: value for key, value in load_state_dict(path).items() if key not in head}
+    state = {key: value for key, value in read_state_dict(spec, path).items() if key not in head}
     own = model.state_dict()
     state.update({key: own[key] for key in head if key in own})
     load_weights(model, state, source=path)
@@ -71,10 +62,10 @@ def load_for_eval(spec, weights, num_classes, *, progress=True):
     model = spec.builder(num_classes=spec.weights.num_classes)
     if num_classes != spec.weights.num_classes:
         reset_classifier(model, num_classes)
-    path = weights_path(spec, weights, progress=progress)
+    path = weights_file(spec, weights, progress=progress)
     if path is None:
         return model.eval(), None
-    load_weights(model, load_state_dict(path), source=path)
+    load_weights(model, read_state_dict(spec, path), source=path)
     return model.eval(), sha256_file(path)
 
 
