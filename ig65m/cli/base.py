@@ -20,12 +20,3 @@ def command(name, **kwargs):
     """`@command("extract")`: a click command using `Command`."""
     return click.command(name, cls=Command, **kwargs)
 
-
-def not_built(name):
-    """A placeholder command that exists with --help but says it is not built yet."""
-
-    @command(name, help=f"{name}: not built yet.")
-    def placeholder():
-        raise Ig65mError(f"{name} is not built yet")
-
-    return placeholder

@@ -114,11 +114,12 @@ def _run_jobs(extractor, jobs, run_kwargs, labels, single):
     for source, output in jobs:
         if not single:
             output.parent.mkdir(parents=True, exist_ok=True)
-        tally = ClipLabels(labels) if labels is not None else None
-        clip_tops = []
+        tally, clip_tops, on_batch = None, [], None
+        if labels is not None:
+            tally = ClipLabels(labels)
+            on_batch = lambda batch: clip_tops.extend(tally.add(batch))  # noqa: E731
         try:
-            meta = extractor.extract(source, output, **run_kwargs, on_batch=tally and (
-                lambda batch: clip_tops.extend(tally.add(batch))))
+            meta = extractor.extract(source, output, **run_kwargs, on_batch=on_batch)
         except Ig65mError as err:
             if single:
                 raise

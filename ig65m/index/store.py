@@ -84,9 +84,6 @@ class MetadataStore:
     def count(self):
         return self._connection().execute("SELECT COUNT(*) FROM clips").fetchone()[0]
 
-    def file_paths(self):
-        return [row[0] for row in self._connection().execute("SELECT path FROM files ORDER BY id")]
-
     def clips(self, ids):
         """Metadata of clips `ids` -> {id: {"id", "path", "clip", "start", "end", "features"}};
         unknown ids are absent. `path` is the source video, or the feature file without a sidecar."""
