@@ -100,3 +100,19 @@ def test_a_finetuned_checkpoint_loads_with_its_own_head(tmp_path):
     model, _ = get_model("r2plus1d_18_16_kinetics", tmp_path / "best.pth")
     assert model.fc.out_features == 3
     assert torch.equal(model.fc.weight, tuned.fc.weight)
+
+
+def test_random_seed_gives_the_same_weights_in_every_process(tmp_path):
+    """`--weights random:SEED`: identical weights (and content sha256) across processes; another
+    seed differs; a malformed seed is one clear error."""
+    import subprocess
+    import sys
+
+    code = ("from ig65m.models import get_model; "
+            "print(get_model('r2plus1d_18_16_kinetics', 'random:7')[1])")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    model, sha = get_model("r2plus1d_18_16_kinetics", "random:7")
+    assert other.stdout.strip() == sha and len(sha) == 64
+    assert get_model("r2plus1d_18_16_kinetics", "random:8")[1] != sha
+    with pytest.raises(Ig65mError, match="random:SEED"):
+        get_model("r2plus1d_18_16_kinetics", "random:-1")

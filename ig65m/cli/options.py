@@ -20,7 +20,8 @@ def model_options(function):
         click.option("--model", default=DEFAULT_MODEL, show_default=True,
                      help="Model name (see `ig65m models`)."),
         click.option("--weights", default=None,
-                     help="Local .pth file, or 'random' for pipeline checks; default: the "
+                     help="Local .pth file, 'random' for pipeline checks, or 'random:SEED' for the "
+                          "same random weights in every run and process; default: the "
                           "model's pretrained release, downloaded into the cache."),
         click.option("--frame-size", type=int, default=None,
                      help="Short side of decoded frames [model default]."),

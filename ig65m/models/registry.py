@@ -10,6 +10,7 @@ Pretrained settings (URL, classes, clip frames, crop, mean/std, labels) are data
 `Weights` row, not code paths.
 """
 
+import hashlib
 import itertools
 import sys
 from dataclasses import dataclass
@@ -67,13 +68,16 @@ def get_model(name, weights=None, *, progress=True):
     `weights`: None or "pretrained" downloads the spec's release file into the cache (checked
     against its sha256 prefix); a path loads that local file (`.pth`, or a released Caffe2 /
     TensorFlow format, see ig65m.convert.foreign); "random" keeps the random initialisation (for
-    pipeline checks only: a warning says the features mean nothing).
+    pipeline checks only: a warning says the features mean nothing); "random:SEED" draws that
+    initialisation from SEED, so every process and every run gets the same weights, and reports
+    the sha256 of their content.
     """
     spec = get_spec(name)
-    path = weights_file(spec, weights, progress=progress)
-    if path is None:
+    seed = random_seed(weights)
+    if seed is not None or weights == "random":
         print(f"warning: {name} has random weights; its features mean nothing", file=sys.stderr)
-        return spec.builder(num_classes=spec.weights.num_classes).eval(), None
+        return _random_model(spec, seed)
+    path = weights_file(spec, weights, progress=progress)
     state_dict = read_state_dict(spec, path)
     with torch.device("meta"):  # no time spent on a random initialisation about to be replaced
         model = _build_for(spec, state_dict)
@@ -84,10 +88,40 @@ def get_model(name, weights=None, *, progress=True):
     return model.eval(), sha256_file(path)
 
 
+def random_seed(weights):
+    """The SEED of `--weights random:SEED`, None for anything else."""
+    if not isinstance(weights, str) or not weights.startswith("random:"):
+        return None
+    text = weights.split(":", 1)[1]
+    if not text.isdigit() or int(text) >= 2**63:
+        raise Ig65mError(f"--weights random:SEED needs a whole number 0 <= SEED < 2**63, got {text!r}")
+    return int(text)
+
+
+def _random_model(spec, seed):
+    """(model in eval mode, None), or with a seed (same weights everywhere, their content sha256)."""
+    if seed is None:
+        return spec.builder(num_classes=spec.weights.num_classes).eval(), None
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays untouched
+        torch.manual_seed(seed)
+        model = spec.builder(num_classes=spec.weights.num_classes).eval()
+    return model, state_dict_sha256(model.state_dict())
+
+
+def state_dict_sha256(state_dict):
+    """sha256 over a state_dict's names, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def weights_file(spec, weights, *, progress=True):
     """`--weights` as a local file: None/"pretrained" -> the release, downloaded into the cache;
     "random" -> None; anything else is a path."""
-    if weights == "random":
+    if weights == "random" or random_seed(weights) is not None:
         return None
     if weights in (None, "pretrained"):
         return download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)

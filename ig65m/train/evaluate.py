@@ -17,6 +17,7 @@ from ig65m.errors import Ig65mError
 from ig65m.fileio import write_json
 from ig65m.labels import dataset_labels, read_labels
 from ig65m.models import get_spec
+from ig65m.models.registry import random_seed
 from ig65m.train import adapt, datasets, metrics, plots
 from ig65m.transforms import transform_for
 
@@ -102,7 +103,7 @@ def find_labels(spec, weights, labels_file, *, progress=True):
     `finetune` writes it), else the published list of the model's pretrained weights."""
     if labels_file:
         return read_labels(labels_file)
-    local = weights not in (None, "random", "pretrained")
+    local = weights not in (None, "random", "pretrained") and random_seed(weights) is None
     beside = Path(weights).parent / "labels.txt" if local else None
     if beside is not None and beside.is_file():
         print(f"labels: {beside}", file=sys.stderr)

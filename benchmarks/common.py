@@ -1,0 +1,77 @@
+"""What every benchmark script shares: alternating rounds, per-round ratios, medians with spread.
+
+A ratio between two sides A and B is only honest when both sides are measured under the same
+machine load. So every comparison here runs in rounds that alternate the order (A B, B A, A B, ...),
+computes the ratio inside each round, and reports the median of those per-round ratios with their
+min-max spread and the load average seen during the rounds. Nothing here picks a best round.
+
+    from common import alternate, report   # a script's own folder is first on sys.path
+    rounds = alternate({"torch": run_torch, "openvino": run_ov}, rounds=5)
+    print(report(rounds, baseline="torch", unit="clips/s"))
+
+Each `run_*` returns a rate (higher is better: clips/s, queries/s), or use `timed` to turn a
+function into one.
+"""
+
+import os
+import statistics
+import time
+
+
+def load_average():
+    """The 1-minute load average, the figure printed beside every measurement."""
+    return os.getloadavg()[0]
+
+
+def timed(work, amount=1):
+    """A runner that calls `work()` once and returns `amount / seconds` (work may return the
+    amount itself, e.g. how many clips it processed)."""
+    def run():
+        start = time.perf_counter()
+        done = work()
+        elapsed = time.perf_counter() - start
+        return (done if isinstance(done, (int, float)) and done else amount) / elapsed
+    return run
+
+
+def alternate(runners, rounds=5):
+    """Run every runner once per round, the order reversed every other round.
+
+    runners: {name: callable returning a rate}. Returns a list of rounds, each
+    {"rates": {name: rate}, "load": load average after the round}.
+    """
+    names = list(runners)
+    results = []
+    for index in range(rounds):
+        order = names if index % 2 == 0 else names[::-1]
+        rates = {name: runners[name]() for name in order}
+        results.append({"rates": rates, "load": load_average()})
+    return results
+
+
+def median_spread(values):
+    """(median, min, max) of a list of numbers."""
+    values = list(values)
+    return statistics.median(values), min(values), max(values)
+
+
+def ratios(rounds, name, baseline):
+    """Per-round ratios rate[name] / rate[baseline], each from the same round."""
+    return [r["rates"][name] / r["rates"][baseline] for r in rounds]
+
+
+def report(rounds, baseline, unit="/s"):
+    """One line per side: median rate with spread, and the median per-round ratio to `baseline`
+    with its spread; the load range of the rounds closes the table."""
+    lines = []
+    for name in rounds[0]["rates"]:
+        rate, low, high = median_spread(r["rates"][name] for r in rounds)
+        line = f"{name:<24} {rate:10.3f} {unit} (min {low:.3f}, max {high:.3f})"
+        if name != baseline:
+            ratio, rlow, rhigh = median_spread(ratios(rounds, name, baseline))
+            line += f"  x{ratio:.2f} vs {baseline} (per-round min {rlow:.2f}, max {rhigh:.2f})"
+        lines.append(line)
+    loads = [r["load"] for r in rounds]
+    lines.append(f"{len(rounds)} alternating rounds; load average {min(loads):.1f}-{max(loads):.1f} "
+                 f"on {os.cpu_count()} cores")
+    return "\n".join(lines)
