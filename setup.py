@@ -9,6 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["ig65m", "ig65m.*"]),
+    package_data={"ig65m": ["data/labels/*.txt"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

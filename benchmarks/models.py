@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ig65m.cli.models import count_parameters
+from ig65m.models.loading import count_parameters
 from ig65m.embedder import ClipEmbedder
 from ig65m.models import get_model, get_spec, list_models
 
@@ -104,7 +104,7 @@ def stream_child(name, backend, minutes, threads=None):
     spec = get_spec(name)
     model, _ = get_model(name, "random", progress=False)
     labels = [str(i) for i in range(spec.weights.num_classes)]
-    fps = spec.weights.meta["fps"]
+    fps = spec.weights.fps
     with tempfile.TemporaryDirectory() as folder:
         records = list(classify_stream(
             spec, model, LAVFI.format(fps=fps), labels, every=fps * 60, backend=backend,
@@ -138,7 +138,7 @@ def benchmark(spec, args, folder):
                 continue
             row[f"{backend}_clips_s"] = round(clips_per_s, 3)
             row[f"{backend}_frames_s"] = round(clips_per_s * spec.weights.clip_frames, 1)
-    if spec.weights.meta.get("stream"):
+    if spec.weights.stream:
         for backend in args.backends:
             minutes = args.stream_minutes_torch if backend == "torch" else args.stream_minutes
             if minutes > 0:

@@ -19,9 +19,10 @@ import torch
 
 from ig65m.clips import resample_fps
 from ig65m.errors import Ig65mError
-from ig65m.extract import resolve_device
+from ig65m.device import resolve_device
 from ig65m.models import get_model
 from ig65m.stream import StreamRunner
+from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
 from ig65m.video import read_frames
 from ig65m.weights import cache_dir
@@ -110,7 +111,7 @@ def _rss_mb():
 
 def load_stream_model(spec, weights=None, *, device=None, backend="torch", progress=True):
     """Load a registry stream model -> (model in eval mode on its device, weights sha256, device)."""
-    if not spec.weights.meta.get("stream"):
+    if not spec.weights.stream:
         raise Ig65mError(f"{spec.name} is not a stream model; live classification needs one of "
                          f"the *_stream models (see `ig65m models`)")
     device = resolve_device(device) if backend == "torch" else torch.device("cpu")
@@ -129,13 +130,13 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
     short side `frame_size` and centre-cropped to `crop_size` (model defaults). `threads` sets
     ONNX Runtime's intra-op threads (torch follows `torch.set_num_threads`).
     """
-    row = spec.weights
-    every = every or row.clip_frames
+    settings = resolve_preprocess(spec.weights, frame_size=frame_size, crop_size=crop_size, fps=fps)
+    every = every or settings.clip_frames
     if every < 1 or top < 1:
         raise Ig65mError("--every and --top must be positive")
-    crop_size = crop_size or row.crop_size
-    frames = _frames(source, row, frame_size, crop_size, fps, duration, format, input_options)
-    transform = transform_for(row, crop_size)
+    crop_size = settings.crop_size
+    frames = _frames(source, settings, duration, format, input_options)
+    transform = transform_for(settings)
     if backend == "onnxruntime" and onnx is None:
         onnx = _cached_stream_onnx(spec, weights_sha256, crop_size)
     runner = StreamRunner(model, height=crop_size, width=crop_size, backend=backend, onnx=onnx,
@@ -158,15 +159,12 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
            "latency_max_ms": round(1e3 * latency.worst, 3), "rss_mb": _rss_mb()}
 
 
-def _frames(source, row, frame_size, crop_size, fps, duration, format, input_options):
-    frame_size = frame_size or max(row.frame_size, crop_size)
-    if frame_size < crop_size:
-        raise Ig65mError(f"--frame-size {frame_size} is smaller than the {crop_size} crop")
-    frames = read_frames(source, frame_size=frame_size, format=format, options=input_options)
+def _frames(source, settings, duration, format, input_options):
+    frames = read_frames(source, frame_size=settings.frame_size, format=format,
+                         options=input_options)
     if duration is not None:
         frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-    fps = fps or row.meta.get("fps")
-    return resample_fps(frames, fps) if fps else frames
+    return resample_fps(frames, settings.fps) if settings.fps else frames
 
 
 def _cached_stream_onnx(spec, weights_sha256, crop_size):

@@ -3,6 +3,7 @@
 Both work on iterators of `ig65m.video.Frame` and hold at most one window of frames.
 """
 
+import itertools
 from collections import deque
 from typing import Iterator, NamedTuple
 
@@ -47,15 +48,20 @@ def resample_fps(frames, fps) -> Iterator[Frame]:
         index += 1
 
 
-def clip_windows(frames, *, clip_frames, step=None, tail="pad") -> Iterator[Clip]:
-    """Windows of `clip_frames` consecutive frames every `step` frames (default: no overlap).
+def clip_windows(frames, *, clip_frames, step=None, tail="pad", frame_stride=1) -> Iterator[Clip]:
+    """Windows of `clip_frames` frames every `step` frames (default: no overlap), taking every
+    `frame_stride`-th frame (stride 2: a 32-frame clip covers 64 frames of the video; `step`
+    counts taken frames, and a clip ends one taken-frame period after its last frame).
 
     The last partial window is padded by repeating its last frame (`tail="pad"`) or dropped
     (`"drop"`); with "pad" a video shorter than one clip gives exactly one clip.
     """
     step = step or clip_frames
-    if clip_frames < 1 or step < 1 or tail not in TAILS:
-        raise ValueError(f"bad window: clip_frames={clip_frames} step={step} tail={tail}")
+    if clip_frames < 1 or step < 1 or frame_stride < 1 or tail not in TAILS:
+        raise ValueError(f"bad window: clip_frames={clip_frames} step={step} tail={tail} "
+                         f"frame_stride={frame_stride}")
+    if frame_stride > 1:
+        frames = itertools.islice(frames, 0, None, frame_stride)
     window, next_start, last_index, covered_until, period = deque(), 0, -1, -1, 0.0
     for last_index, frame in enumerate(frames):
         if window:

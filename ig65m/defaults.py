@@ -4,3 +4,5 @@
 DEFAULT_MODEL = "r2plus1d_34_8_ig65m"
 POOLINGS = ("mean", "max")
 BACKENDS = ("torch", "onnxruntime")
+# Optical flow for I3D's flow stream: TV-L1 values clipped to [-FLOW_BOUND, FLOW_BOUND], then / FLOW_BOUND.
+FLOW_BOUND = 20.0

@@ -17,13 +17,17 @@ from tqdm import tqdm
 
 from ig65m.clips import clip_windows, resample_fps
 from ig65m.defaults import BACKENDS
+from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import FeatureWriter, check_writable
-from ig65m.flow import flow_frames, flow_transform_for, is_flow_model
+from ig65m.flow import flow_frames
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
+from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
 from ig65m.video import is_live, read_frames
+
+CLIP_OPTIONS = ("frame_size", "clip_frames", "step", "fps", "crop_size", "frame_stride")
 _QUEUE_BATCHES = 2  # batches prepared ahead of the model: enough to hide decoding, little memory
 
 
@@ -33,19 +37,6 @@ class Batch(NamedTuple):
     logits: np.ndarray
     features: np.ndarray
     times: np.ndarray
-
-
-def resolve_device(device=None):
-    """The torch device to run on: `device` if given, else CUDA when present, else CPU."""
-    if device:
-        try:
-            device = torch.device(device)
-        except RuntimeError as err:
-            raise Ig65mError(f"bad --device {device!r}: {err}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise Ig65mError(f"--device {device} asked for, but CUDA is not available here")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Extractor:
@@ -106,20 +97,11 @@ class Extractor:
         return path
 
     def settings(self, *, frame_size=None, clip_frames=None, step=None, fps=None, tail="pad",
-                 crop_size=None):
-        """The resolved clip settings: the model's defaults where an option is None."""
-        row = self.spec.weights
-        crop_size = crop_size or row.crop_size
-        frame_size = frame_size or max(row.frame_size, crop_size)
-        if frame_size < crop_size:
-            raise Ig65mError(f"--frame-size {frame_size} is smaller than the model's "
-                             f"{crop_size} crop")
-        clip_frames = clip_frames or row.clip_frames
-        for name, value in (("--clip-frames", clip_frames), ("--step", step), ("--fps", fps)):
-            if value is not None and value <= 0:
-                raise Ig65mError(f"{name} must be positive, got {value}")
-        return dict(frame_size=frame_size, clip_frames=clip_frames, step=step or clip_frames,
-                    fps=fps, tail=tail, crop_size=crop_size)
+                 crop_size=None, frame_stride=None):
+        """The resolved Preprocess: the model's own settings where an option is None."""
+        return resolve_preprocess(self.spec.weights, frame_size=frame_size, clip_frames=clip_frames,
+                                  step=step, fps=fps, tail=tail, crop_size=crop_size,
+                                  frame_stride=frame_stride)
 
     def batches(self, source, *, batch_size=4, max_clips=None, duration=None, format=None,
                 input_options=None, **clip_options):
@@ -128,28 +110,23 @@ class Extractor:
             raise Ig65mError(f"--batch-size must be positive, got {batch_size}")
         settings = self.settings(**clip_options)
         clips = self._clips(source, settings, max_clips, duration, format, input_options)
-        transform = self._transform(settings["crop_size"])
+        transform = transform_for(settings)
         with _Prefetcher(_batched(clips, transform, batch_size)) as prepared:
             for tensor, times in prepared:
                 logits, features = self._run(tensor)
                 yield Batch(logits, features, times)
 
-    def _transform(self, crop_size):
-        if is_flow_model(self.spec.weights):
-            return flow_transform_for(self.spec.weights, crop_size)
-        return transform_for(self.spec.weights, crop_size)
-
     def _clips(self, source, settings, max_clips, duration, format, input_options):
-        frames = read_frames(source, frame_size=settings["frame_size"], format=format,
+        frames = read_frames(source, frame_size=settings.frame_size, format=format,
                              options=input_options)
         if duration is not None:
             frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-        if settings["fps"]:
-            frames = resample_fps(frames, settings["fps"])
-        if is_flow_model(self.spec.weights):
+        if settings.fps:
+            frames = resample_fps(frames, settings.fps)
+        if settings.modality == "flow":
             frames = flow_frames(frames)
-        clips = clip_windows(frames, clip_frames=settings["clip_frames"], step=settings["step"],
-                             tail=settings["tail"])
+        clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,
+                             tail=settings.tail, frame_stride=settings.frame_stride)
         return itertools.islice(clips, max_clips) if max_clips else clips
 
     def features(self, source, **options):
@@ -195,8 +172,7 @@ class Extractor:
 
     def metadata(self, source, times, options):
         """The sidecar of a features file (see ig65m.fileio)."""
-        settings = self.settings(**{key: options.get(key) for key in
-                                    ("frame_size", "clip_frames", "step", "fps", "crop_size")},
+        settings = self.settings(**{key: options.get(key) for key in CLIP_OPTIONS},
                                  tail=options.get("tail") or "pad")
         return {
             "source": str(source),
@@ -204,8 +180,7 @@ class Extractor:
             "weights_sha256": self.weights_sha256,
             "feature_dim": self.feature_dim,
             "backend": self.backend,
-            **{key: settings[key] for key in ("clip_frames", "step", "fps", "frame_size",
-                                               "crop_size", "tail")},
+            **settings.clip_settings(),
             "pool_spatial": self.embedder.pool_spatial,
             "pool_temporal": self.embedder.pool_temporal,
             "clips": [[round(start, 6), round(end, 6)] for start, end in times],

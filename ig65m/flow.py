@@ -13,17 +13,16 @@ and a flow clip starting at the same index cover the same moment; a stream of N 
 flow frames. Memory: two frames at a time.
 """
 
-import sys
+import logging
 from typing import Iterator, NamedTuple
 
 import numpy as np
-import torch
 
 from ig65m.errors import Ig65mError
-from ig65m.transforms import centre_crop
+
+log = logging.getLogger(__name__)
 
 METHODS = ("auto", "tvl1", "farneback")
-FLOW_BOUND = 20.0
 
 
 class FlowFrame(NamedTuple):
@@ -54,8 +53,8 @@ def resolve_method(method="auto"):
     if method == "auto":
         method = "tvl1" if has_tvl1 else "farneback"
         if method == "farneback":
-            print("warning: cv2.optflow (opencv-contrib) is missing; using Farneback flow, not the "
-                  "TV-L1 flow I3D was trained on", file=sys.stderr)
+            log.warning("cv2.optflow (opencv-contrib) is missing; using Farneback flow, not the "
+                        "TV-L1 flow I3D was trained on")
     return method
 
 
@@ -85,31 +84,3 @@ def flow_frames(frames, *, method="auto") -> Iterator[FlowFrame]:
             flow = estimate(previous[0], gray)
             yield FlowFrame(np.asarray(flow, dtype=np.float32), previous[1])
         previous = (gray, frame.time)
-
-
-class FlowClipTransform:
-    """Flow frames float (T, H, W, 2) -> float32 tensor (2, T, crop_size, crop_size): centre crop,
-    values clipped to [-bound, bound] and divided by `bound` (I3D: bound 20 -> [-1, 1])."""
-
-    def __init__(self, crop_size, bound=FLOW_BOUND):
-        self.crop_size = crop_size
-        self.bound = float(bound)
-
-    def __call__(self, flows):
-        flows = torch.from_numpy(np.asarray(flows, dtype=np.float32))
-        if flows.dim() != 4 or flows.shape[-1] != 2:
-            raise ValueError(f"expected flow frames (T, H, W, 2), got {tuple(flows.shape)}")
-        crop = centre_crop(flows, self.crop_size)
-        clip = crop.permute(3, 0, 1, 2).clamp(-self.bound, self.bound).div(self.bound)
-        return clip.contiguous()
-
-
-def is_flow_model(weights):
-    """Whether a registry `Weights` row expects optical flow rather than RGB frames."""
-    return weights.meta.get("modality") == "flow"
-
-
-def flow_transform_for(weights, crop_size=None):
-    """FlowClipTransform of a flow model's `Weights` row (its crop and `flow_bound`)."""
-    return FlowClipTransform(crop_size or weights.crop_size,
-                             weights.meta.get("flow_bound", FLOW_BOUND))

@@ -1,24 +1,18 @@
 """Class names of the datasets the models were trained on, one per line, in the heads' order.
 
-A model's `Weights.labels` names its list ("kinetics400", "kinetics600"); the list is downloaded
-once into the cache beside the weights (`$IG65M_HOME/labels/NAME/`) with the same code, and
-`--labels FILE` replaces it with any local file of one name per line.
+A model's `Weights.labels` names its list ("kinetics400", "kinetics600"); the lists ship inside the
+package (`ig65m/data/labels/NAME.txt`: DeepMind kinetics-i3d's Kinetics-400 label map, the order
+of every Kinetics-400 head here, and the TensorFlow MoViNet release's Kinetics-600 list), so no
+network is needed. `--labels FILE` replaces it with any local file of one name per line.
 """
 
-import sys
+import logging
 from pathlib import Path
 
 from ig65m.errors import Ig65mError
-from ig65m.weights import cache_dir, download
 
-# The files the original projects ship: DeepMind kinetics-i3d's label map (Kinetics-400, the
-# order of every Kinetics-400 head here) and the TensorFlow MoViNet release's Kinetics-600 list.
-LABEL_URLS = {
-    "kinetics400": "https://raw.githubusercontent.com/deepmind/kinetics-i3d/master/data/"
-                   "label_map.txt",
-    "kinetics600": "https://raw.githubusercontent.com/tensorflow/models/master/official/projects/"
-                   "movinet/files/kinetics_600_labels.txt",
-}
+log = logging.getLogger(__name__)
+LABELS_DIR = Path(__file__).parent / "data" / "labels"
 
 
 def read_labels(path):
@@ -37,16 +31,12 @@ def read_labels(path):
 
 
 def dataset_labels(name, *, progress=True):
-    """The list `name` ("kinetics400", "kinetics600"), downloaded into the cache once."""
-    if name not in LABEL_URLS:
-        raise Ig65mError(f"no label list named {name!r}; known: {', '.join(sorted(LABEL_URLS))}")
-    url = LABEL_URLS[name]
-    try:
-        path = download(url, None, progress=progress, folder=cache_dir() / "labels" / name)
-    except Ig65mError:
-        raise Ig65mError(f"cannot download the {name} labels from {url}; pass --labels FILE "
-                         f"(one class name per line)") from None
-    return read_labels(path)
+    """The shipped list `name` ("kinetics400", "kinetics600"). `progress` is unused (kept for
+    callers): nothing is downloaded."""
+    known = sorted(path.stem for path in LABELS_DIR.glob("*.txt"))
+    if name not in known:
+        raise Ig65mError(f"no label list named {name!r}; known: {', '.join(known)}")
+    return read_labels(LABELS_DIR / f"{name}.txt")
 
 
 def labels_for(weights, labels_file=None, *, progress=True):
@@ -60,8 +50,8 @@ def labels_for(weights, labels_file=None, *, progress=True):
     elif weights.labels:
         names = dataset_labels(weights.labels, progress=progress)
     else:
-        print(f"note: no label list is published for this model's {weights.num_classes} classes; "
-              f"printing class indices (pass --labels FILE to name them)", file=sys.stderr)
+        log.info("no label list is published for this model's %d classes; printing class "
+                 "indices (pass --labels FILE to name them)", weights.num_classes)
         return [f"class_{i}" for i in range(weights.num_classes)]
     if len(names) != weights.num_classes:
         source = labels_file or weights.labels

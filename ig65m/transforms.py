@@ -1,8 +1,10 @@
-"""Model-side preprocessing: centre crop, scale to [0, 1], normalise, reorder to (C, T, H, W)."""
+"""Model-side preprocessing: centre crop, scale to [0, 1], normalise, reorder to (C, T, H, W); for
+optical flow, centre crop and bound."""
 
 import numpy as np
 import torch
 
+from ig65m.defaults import FLOW_BOUND
 from ig65m.errors import Ig65mError
 
 
@@ -34,6 +36,27 @@ def centre_crop(frames, crop_size):
     return frames[:, top:top + crop_size, left:left + crop_size]
 
 
-def transform_for(weights, crop_size=None):
-    """The preprocessing of a registry `Weights` row (optionally with another crop size)."""
-    return ClipTransform(crop_size or weights.crop_size, weights.mean, weights.std)
+class FlowClipTransform:
+    """Flow frames float (T, H, W, 2) -> float32 tensor (2, T, crop_size, crop_size): centre crop,
+    values clipped to [-bound, bound] and divided by `bound` (I3D: bound 20 -> [-1, 1])."""
+
+    def __init__(self, crop_size, bound=FLOW_BOUND):
+        self.crop_size = crop_size
+        self.bound = float(bound)
+
+    def __call__(self, flows):
+        flows = torch.from_numpy(np.asarray(flows, dtype=np.float32))
+        if flows.dim() != 4 or flows.shape[-1] != 2:
+            raise ValueError(f"expected flow frames (T, H, W, 2), got {tuple(flows.shape)}")
+        crop = centre_crop(flows, self.crop_size)
+        clip = crop.permute(3, 0, 1, 2).clamp(-self.bound, self.bound).div(self.bound)
+        return clip.contiguous()
+
+
+def transform_for(config, crop_size=None):
+    """The preprocessing of a registry `Weights` row or a resolved `ig65m.preprocess.Preprocess`
+    (optionally with another crop size): RGB normalisation, or flow bounding for flow models."""
+    crop_size = crop_size or config.crop_size
+    if config.modality == "flow":
+        return FlowClipTransform(crop_size, config.flow_bound or FLOW_BOUND)
+    return ClipTransform(crop_size, config.mean, config.std)

@@ -12,7 +12,7 @@ from ig65m.cli import main
 from ig65m.clips import resample_fps
 from ig65m.errors import Ig65mError
 from ig65m.extract import Extractor
-from ig65m.labels import LABEL_URLS, dataset_labels, labels_for, read_labels
+from ig65m.labels import dataset_labels, labels_for, read_labels
 from ig65m.models import get_model, get_spec, list_models
 from ig65m.sample import write_sample_video
 from ig65m.transforms import transform_for
@@ -53,16 +53,14 @@ def test_read_labels_and_overrides(tmp_path, workdir):
     assert labels_for(get_spec("r2plus1d_34_8_ig65m").weights)[358] == "class_358"
 
 
-def test_dataset_labels_download_once_into_the_cache(tmp_path, monkeypatch, shared_data):
-    source = shared_data / "labels" / "kinetics600.txt"
-    monkeypatch.setitem(LABEL_URLS, "kinetics600", source.resolve().as_uri())
-    names = dataset_labels("kinetics600", progress=False)
-    assert len(names) == 600 and names[0] == "abseiling"
-    monkeypatch.setitem(LABEL_URLS, "kinetics600", (tmp_path / "kinetics600.txt").as_uri())
-    assert dataset_labels("kinetics600", progress=False) == names  # served from the cache
-    monkeypatch.setitem(LABEL_URLS, "kinetics400", (tmp_path / "gone.txt").as_uri())
-    with pytest.raises(Ig65mError, match="--labels FILE"):
-        dataset_labels("kinetics400", progress=False)
+def test_dataset_labels_ship_with_the_package(shared_data):
+    """The Kinetics lists are package data, equal to the shared copies; nothing is downloaded."""
+    for name, count in (("kinetics400", 400), ("kinetics600", 600)):
+        names = dataset_labels(name)
+        assert len(names) == count and names == read_labels(shared_data / "labels" / f"{name}.txt")
+    assert dataset_labels("kinetics600")[0] == "abseiling"
+    with pytest.raises(Ig65mError, match="no label list named"):
+        dataset_labels("kinetics700")
 
 
 def test_top_k_orders_by_probability():

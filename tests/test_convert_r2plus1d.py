@@ -89,7 +89,7 @@ def test_blob_names_as_released(blobs):
 
 
 def test_name_map_restores_every_tensor_and_the_outputs(model, blobs):
-    state = r2plus1d_34_state_dict(blobs, CLASSES)
+    state = r2plus1d_34_state_dict(blobs, CLASSES, build=r2plus1d_34)
     expected = model.state_dict()
     assert sorted(state) == sorted(expected)
     for key, tensor in expected.items():
@@ -106,7 +106,7 @@ def test_name_map_restores_every_tensor_and_the_outputs(model, blobs):
 
 def test_name_map_is_pure(blobs):
     before = {name: array.copy() for name, array in blobs.items()}
-    state = r2plus1d_34_state_dict(blobs, CLASSES)
+    state = r2plus1d_34_state_dict(blobs, CLASSES, build=r2plus1d_34)
     state["stem.0.weight"].zero_()
     assert sorted(blobs) == sorted(before)
     assert all(np.array_equal(blobs[name], before[name]) for name in before)
@@ -129,12 +129,12 @@ def test_incomplete_or_foreign_blobs_are_named(blobs, change, message):
     broken = dict(blobs)
     change(broken)
     with pytest.raises(Ig65mError, match=message):
-        r2plus1d_34_state_dict(broken, CLASSES)
+        r2plus1d_34_state_dict(broken, CLASSES, build=r2plus1d_34)
 
 
 def test_wrong_classes_names_the_head_found(blobs):
     with pytest.raises(Ig65mError, match=r"head for 359 classes \(last_out_L359_w\), not 400"):
-        r2plus1d_34_state_dict(blobs, 400)
+        r2plus1d_34_state_dict(blobs, 400, build=r2plus1d_34)
 
 
 @pytest.mark.parametrize("args, error", [

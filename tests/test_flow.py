@@ -7,11 +7,11 @@ import torch
 
 from ig65m.clips import clip_windows
 from ig65m.errors import Ig65mError
-from ig65m.flow import FlowClipTransform, FlowFrame, flow_frames, flow_transform_for, resolve_method
+from ig65m.flow import FlowFrame, flow_frames, resolve_method
 from ig65m.models import get_spec
 from ig65m.models.i3d_inception import InceptionI3D, two_stream_logits
 from ig65m.sample import write_video
-from ig65m.transforms import transform_for
+from ig65m.transforms import FlowClipTransform, transform_for
 from ig65m.video import Frame, read_frames
 
 pytest.importorskip("cv2")
@@ -82,7 +82,7 @@ def test_flow_transform_crops_clips_and_scales():
 
 def test_flow_model_weights_row_describes_flow_input():
     weights = get_spec("i3d_inception_flow_kinetics").weights
-    transform = flow_transform_for(weights, crop_size=32)
+    transform = transform_for(weights, crop_size=32)
     assert transform.bound == 20.0 and transform.crop_size == 32
     rgb = get_spec("i3d_inception_rgb_kinetics").weights
     clip = transform_for(rgb, 2)(np.array([[[[0, 255, 128]] * 2] * 2], np.uint8))

@@ -1,5 +1,6 @@
 """Released formats load through `--weights` and the pretrained path, not only our .pth."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -10,7 +11,6 @@ from ig65m.convert.caffe2 import save_caffe2_blobs
 from ig65m.errors import Ig65mError
 from ig65m.models import get_model, get_spec, registry
 from ig65m.models.registry import ModelSpec
-from ig65m.weights import Weights
 from tests.test_i3d_resnet import published_blobs
 
 
@@ -31,7 +31,7 @@ def test_release_download_of_a_caffe2_pickle(tmp_path, monkeypatch):
     prefix = hashlib.sha256(pkl.read_bytes()).hexdigest()[:8]
     named = pkl.rename(tmp_path / f"i3d_baseline-{prefix}.pkl")
     spec = get_spec("i3d_r50_32_kinetics")
-    row = Weights(url=named.as_uri(), num_classes=400, clip_frames=32, crop_size=224)
+    row = dataclasses.replace(spec.weights, url=named.as_uri())
     monkeypatch.setitem(registry._MODELS, spec.name,
                         ModelSpec(spec.name, spec.family, spec.builder, row, spec.feature_dim))
     model, _ = get_model(spec.name, progress=False)

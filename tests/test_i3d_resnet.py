@@ -9,7 +9,7 @@ from ig65m.convert.caffe2 import save_caffe2_blobs
 from ig65m.convert.i3d_resnet import convert_i3d_resnet, i3d_resnet_state_dict
 from ig65m.errors import Ig65mError
 from ig65m.models import get_model, get_spec
-from ig65m.models.i3d_resnet import I3DResNet50
+from ig65m.models.i3d_resnet import I3DResNet50, i3d_r50
 
 LAYERS = (3, 4, 6, 3)
 WIDTHS = (64, 128, 256, 512)
@@ -94,7 +94,7 @@ def test_caffe2_release_round_trip_through_the_registry(tmp_path):
     rng = np.random.default_rng(0)
     blobs = published_blobs(rng)
     pkl = save_caffe2_blobs(tmp_path / "i3d_baseline_32x2_IN_pretrain_400k.pkl", blobs)
-    state = convert_i3d_resnet(pkl)
+    state = convert_i3d_resnet(pkl, build=i3d_r50)
     np.testing.assert_array_equal(state["layer2.1.conv1.weight"].numpy(),
                                   blobs["res3_1_branch2a_w"])
     np.testing.assert_array_equal(state["layer3.0.downsample.1.running_var"].numpy(),
@@ -109,7 +109,7 @@ def test_caffe2_release_round_trip_through_the_registry(tmp_path):
 
 
 def test_class_count_follows_pred_w():
-    state = i3d_resnet_state_dict(published_blobs(np.random.default_rng(0), num_classes=10))
+    state = i3d_resnet_state_dict(published_blobs(np.random.default_rng(0), num_classes=10), build=i3d_r50)
     assert state["fc.weight"].shape == (10, 2048)
 
 
@@ -124,7 +124,7 @@ def test_completeness_checks_name_the_blob(edit, message):
     blobs = published_blobs(np.random.default_rng(0))
     edit(blobs)
     with pytest.raises(Ig65mError, match=message):
-        i3d_resnet_state_dict(blobs)
+        i3d_resnet_state_dict(blobs, build=i3d_r50)
 
 
 def test_every_problem_is_reported_at_once():
@@ -132,11 +132,11 @@ def test_every_problem_is_reported_at_once():
     blobs.pop("conv1_w")
     blobs["stray_w"] = np.zeros(3, np.float32)
     with pytest.raises(Ig65mError, match="missing blob conv1_w.*extra blob stray_w"):
-        i3d_resnet_state_dict(blobs)
+        i3d_resnet_state_dict(blobs, build=i3d_r50)
 
 
 def test_truncated_pickle_is_a_user_error(tmp_path):
     pkl = save_caffe2_blobs(tmp_path / "w.pkl", published_blobs(np.random.default_rng(0)))
     pkl.write_bytes(pkl.read_bytes()[:1000])
     with pytest.raises(Ig65mError, match="truncated"):
-        convert_i3d_resnet(pkl)
+        convert_i3d_resnet(pkl, build=i3d_r50)

@@ -8,7 +8,7 @@ import torch
 from ig65m.convert.tensorflow import (convert_tf_i3d, pytorch_port_state_dict, read_tf_variables,
                                       tf_i3d_state_dict)
 from ig65m.errors import Ig65mError
-from ig65m.models.i3d_inception import InceptionI3D
+from ig65m.models.i3d_inception import InceptionI3D, i3d_inception_flow, i3d_inception_rgb
 from tests.i3d_helpers import randomise_batch_norms
 
 MIXED = ("3b", "3c", "4b", "4c", "4d", "4e", "4f", "5b", "5c")
@@ -79,7 +79,7 @@ def test_rgb_checkpoint_npz_round_trip(tmp_path):
     model = source_model()
     path = tmp_path / "rgb_imagenet.npz"
     np.savez(path, **deepmind_variables(model))
-    state = convert_tf_i3d(path)
+    state = convert_tf_i3d(path, build=i3d_inception_rgb)
     assert torch.equal(state["conv3d_1a_7x7.batch3d.weight"], torch.ones(64))
     _same_outputs(model, state, 3, 400)
 
@@ -88,15 +88,15 @@ def test_two_streams_in_one_file_need_a_scope():
     rgb, flow = source_model(3, seed=1), source_model(2, seed=2)
     variables = {**deepmind_variables(rgb), **deepmind_variables(flow, "Flow/inception_i3d/")}
     with pytest.raises(Ig65mError, match="'Flow/inception_i3d/', 'RGB/inception_i3d/'"):
-        tf_i3d_state_dict(variables)
-    state = tf_i3d_state_dict(variables, scope="Flow")
+        tf_i3d_state_dict(variables, build=i3d_inception_flow)
+    state = tf_i3d_state_dict(variables, build=i3d_inception_flow, scope="Flow")
     assert state["conv3d_1a_7x7.conv3d.weight"].shape == (64, 2, 7, 7, 7)
     _same_outputs(flow, state, 2, 400)
 
 
 def test_kinetics_600_checkpoint_without_scope():
     model = source_model(num_classes=600)
-    state = tf_i3d_state_dict(deepmind_variables(model, prefix=""))
+    state = tf_i3d_state_dict(deepmind_variables(model, prefix=""), build=i3d_inception_rgb)
     _same_outputs(model, state, 3, 600)
 
 
@@ -104,7 +104,7 @@ def test_optimizer_slots_are_set_aside():
     variables = deepmind_variables(source_model())
     name = "RGB/inception_i3d/Mixed_4b/Branch_0/Conv3d_0a_1x1/conv_3d/w"
     variables[name + "/Momentum"] = np.zeros_like(variables[name])
-    assert len(tf_i3d_state_dict(variables)) == len(InceptionI3D().state_dict())
+    assert len(tf_i3d_state_dict(variables, build=i3d_inception_rgb)) == len(InceptionI3D().state_dict())
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -120,7 +120,7 @@ def test_completeness_checks_name_the_variable(edit, message):
     variables = deepmind_variables(source_model())
     edit(variables)
     with pytest.raises(Ig65mError, match=message):
-        tf_i3d_state_dict(variables)
+        tf_i3d_state_dict(variables, build=i3d_inception_rgb)
 
 
 def test_tensorflow_checkpoint_without_tensorflow_is_a_clear_error(tmp_path):
@@ -143,7 +143,7 @@ def test_tensorflow_checkpoint_reader(tmp_path):
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             prefix = saver.save(session, str(tmp_path / "model.ckpt"))
-    _same_outputs(model, convert_tf_i3d(prefix), 3, 400)
+    _same_outputs(model, convert_tf_i3d(prefix, build=i3d_inception_rgb), 3, 400)
 
 
 def test_bad_npz_is_a_user_error(tmp_path):
@@ -174,14 +174,14 @@ def piergiaj_state_dict(model):
 
 def test_piergiaj_state_dict_round_trip():
     model = source_model(in_channels=2, num_classes=157, seed=3)  # e.g. flow_charades.pt
-    state = pytorch_port_state_dict(piergiaj_state_dict(model))
+    state = pytorch_port_state_dict(piergiaj_state_dict(model), build=i3d_inception_flow)
     _same_outputs(model, state, 2, 157)
 
 
 def test_hassony2_state_dict_with_dataparallel_prefix():
     model = source_model()
     published = {"module." + key: value for key, value in model.state_dict().items()}
-    _same_outputs(model, pytorch_port_state_dict(published), 3, 400)
+    _same_outputs(model, pytorch_port_state_dict(published, build=i3d_inception_rgb), 3, 400)
 
 
 def test_port_with_wrong_shapes_names_both_shapes():
@@ -190,4 +190,4 @@ def test_port_with_wrong_shapes_names_both_shapes():
     with pytest.raises(Ig65mError, match=r"mixed_4c.branch_1.1.conv3d.weight has shape "
                                          r"\(224, 112, 1, 3, 3\), the model needs "
                                          r"\(224, 112, 3, 3, 3\)"):
-        pytorch_port_state_dict(published)
+        pytorch_port_state_dict(published, build=i3d_inception_rgb)

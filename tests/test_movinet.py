@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from ig65m.embedder import ClipEmbedder
 from ig65m.models import get_model, get_spec, list_models
-from ig65m.models.movinet import (ConvUnit, MoViNet, TFSameAvgPool, _Tape, movinet, pad_same,
-                                  same_pads)
+from ig65m.models.movinet import ConvUnit, MoViNet, TFSameAvgPool, _Tape, movinet, pad_same
+from ig65m.models.padding import tf_same_padding
 from ig65m.models.movinet_config import A0
 from ig65m.stream import StreamRunner, export_stream_onnx
 
@@ -105,7 +105,7 @@ def test_state_dict_keys_follow_the_port():
     (7, 3, 2, (1, 1)), (8, 3, 2, (0, 1)), (8, 5, 1, (2, 2)), (9, 5, 2, (2, 2)), (6, 1, 1, (0, 0)),
 ])
 def test_same_padding_matches_hand_computed(size, kernel, stride, pads):
-    assert same_pads(size, kernel, stride) == pads
+    assert tf_same_padding(size, kernel, stride) == pads
     x = torch.randn(1, 2, size, size)
     weight = torch.randn(3, 2, kernel, kernel)
     ours = F.conv2d(pad_same(x, (kernel, kernel), (stride, stride)), weight, stride=stride)

@@ -1,10 +1,13 @@
 """Command line: one click group `ig65m`; each command also has its own console script.
 
 Commands are thin: they parse options and call the library. Each lives in its own module here and
-is imported only when it runs, so `semcode` or `index-serve` start without loading torch.
+is imported only when it runs, so `semcode` or `index-serve` start without loading torch, and
+`ig65m --help` reads the commands' one-line help from their docstrings without importing them.
 """
 
+import ast
 import importlib
+import importlib.util
 
 import click
 
@@ -30,12 +33,31 @@ def _load(name):
     return getattr(importlib.import_module(module), attribute)
 
 
+def short_help(name, limit=45):
+    """The first sentence of command `name`'s docstring, read from its source (no import)."""
+    module, attribute = COMMANDS[name]
+    source = importlib.util.find_spec(module).origin
+    with open(source, encoding="utf-8") as stream:
+        tree = ast.parse(stream.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attribute:
+            return click.utils.make_default_short_help(ast.get_docstring(node) or "", limit)
+    return ""
+
+
 class _LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
         return _load(name) if name in COMMANDS else None
+
+    def format_commands(self, ctx, formatter):
+        """The command list of `--help`, without importing any command."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, short_help(name, limit)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -79,7 +79,7 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
     labels = labels_for(spec.weights, labels_file)
     input_options = parse_input_options(input_option)
     try:
-        if spec.weights.meta.get("stream"):
+        if spec.weights.stream:
             records = _stream_records(spec, source, labels, top, every, backend, onnx, duration,
                                       input_format, input_options, dict(options, threads=threads))
         else:
@@ -96,7 +96,6 @@ def _clip_records(source, labels, top, max_clips, duration, input_format, input_
                   backend, onnx, options):
     model_kwargs, run_kwargs = split_model_options(options)
     extractor = Extractor(backend=backend, onnx=onnx, **model_kwargs)
-    run_kwargs["fps"] = run_kwargs.get("fps") or extractor.spec.weights.meta.get("fps")
     return classify_clips(extractor, source, labels, top=top, max_clips=max_clips,
                           duration=duration, format=input_format, input_options=input_options,
                           **run_kwargs)

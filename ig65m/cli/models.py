@@ -1,38 +1,19 @@
-"""`models`: every registered model with its family, classes, input and weights."""
+"""`models`: every registered model with its family, classes, input and weights. Torch-free:
+the table is data (`ig65m.models.table`)."""
 
 import json
 
 import click
-import torch
 
 from ig65m.cli.base import command
-from ig65m.models import list_models
+from ig65m.models.registry import model_rows
 
-COLUMNS = ("name", "family", "classes", "clip_frames", "input", "parameters", "weights")
-
-
-def count_parameters(spec):
-    """Parameters of a registered model, built on the meta device (no memory, no init time)."""
-    with torch.device("meta"):
-        model = spec.builder(num_classes=spec.weights.num_classes)
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def model_rows():
-    """One dict per registered model, sorted by name (the columns of `ig65m models`)."""
-    rows = []
-    for spec in list_models():
-        row = spec.weights
-        rows.append({"name": spec.name, "family": spec.family, "classes": row.num_classes,
-                     "clip_frames": row.clip_frames,
-                     "input": f"{row.clip_frames}x{row.crop_size}x{row.crop_size}",
-                     "parameters": count_parameters(spec), "feature_dim": spec.feature_dim,
-                     "labels": row.labels, "weights": row.url, "description": spec.description})
-    return rows
+COLUMNS = ("name", "family", "classes", "clip_frames", "frame_stride", "input", "parameters", "pin",
+           "weights")
 
 
 def _millions(count):
-    return f"{count / 1e6:.2f}M"
+    return "-" if count is None else f"{count / 1e6:.2f}M"
 
 
 def format_table(rows):

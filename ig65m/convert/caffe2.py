@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ig65m.convert.shapes import on_meta
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
 
@@ -194,20 +195,11 @@ def _module_blob(module_name, num_classes):
     raise KeyError(module_name)
 
 
-def _meta_r2plus1d_34(num_classes):
-    import torch
-
-    from ig65m.models.r2plus1d import r2plus1d_34
-
-    with torch.device("meta"):  # shapes only, no memory
-        return r2plus1d_34(num_classes=num_classes)
-
-
-def r2plus1d_34_blob_names(num_classes):
-    """{state_dict key: Caffe2 blob name} for every parameter and running statistic of
+def r2plus1d_34_blob_names(model, num_classes):
+    """{state_dict key: Caffe2 blob name} for every parameter and running statistic of `model`, an
     R(2+1)D-34 with `num_classes` outputs (num_batches_tracked has no Caffe2 blob)."""
     names = {}
-    for module_name, module in _meta_r2plus1d_34(num_classes).named_modules():
+    for module_name, module in model.named_modules():
         for tensor_name, suffix in _SUFFIX.get(type(module).__name__, {}).items():
             names[f"{module_name}.{tensor_name}"] = _module_blob(module_name, num_classes) + suffix
     assert len(set(names.values())) == len(names), "two tensors would read the same blob"
@@ -220,10 +212,11 @@ def caffe2_head_classes(blobs):
                   if (m := re.fullmatch(r"last_out_L(\d+)_w", name)))
 
 
-def r2plus1d_34_state_dict(blobs, num_classes):
-    """Caffe2 VMZ R(2+1)D-34 blobs {name: array} -> state_dict of `r2plus1d_34(num_classes)`.
+def r2plus1d_34_state_dict(blobs, num_classes, *, build):
+    """Caffe2 VMZ R(2+1)D-34 blobs {name: array} -> state_dict of `build(num_classes=...)`, the
+    R(2+1)D-34 builder (called on the meta device, for names and shapes only).
 
-    Pure: `blobs` is left as it is and the arrays are copied. Every blob is used exactly once and
+    The checkpoint filter of the IG-65M Caffe2 release. Pure: `blobs` is left as it is and the arrays are copied. Every blob is used exactly once and
     every parameter and buffer is written; otherwise Ig65mError names each missing, extra or wrongly
     shaped blob with both shapes. num_batches_tracked (no Caffe2 counterpart) is written as 0.
     """
@@ -234,8 +227,9 @@ def r2plus1d_34_state_dict(blobs, num_classes):
         raise Ig65mError(f"the Caffe2 blobs have a head for {' and '.join(map(str, heads))} "
                          f"classes (last_out_L{heads[0]}_w), not {num_classes}; use --classes "
                          f"{heads[0]} or the model that has it")
-    expected = _meta_r2plus1d_34(num_classes).state_dict()
-    names = r2plus1d_34_blob_names(num_classes)
+    model = on_meta(build, num_classes)
+    expected = model.state_dict()
+    names = r2plus1d_34_blob_names(model, num_classes)
     problems = _fit_problems(blobs, names, expected)
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6

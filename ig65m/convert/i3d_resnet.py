@@ -12,6 +12,7 @@ Blob names (as Tushar-N/pytorch-resnet3d maps them): `conv1_w`, `res_conv1_bn_{s
 import numpy as np
 
 from ig65m.convert.caffe2 import _fit_problems, load_caffe2_blobs
+from ig65m.convert.shapes import on_meta
 from ig65m.errors import Ig65mError
 
 TRAINING_STATE = ("model_iter", "lr")
@@ -40,18 +41,9 @@ def _blob_of(key):
     return branch + "_w" if kind == "conv" else f"{branch}_bn_{_BN[tensor]}"
 
 
-def _expected(num_classes):
-    import torch
-
-    from ig65m.models.i3d_resnet import i3d_r50
-
-    with torch.device("meta"):  # shapes only
-        return i3d_r50(num_classes=num_classes).state_dict()
-
-
-def i3d_resnet_blob_names(num_classes=400):
-    """{state_dict key: Caffe2 blob name} for every tensor of `i3d_r50(num_classes)`."""
-    names = {key: _blob_of(key) for key in _expected(num_classes)}
+def i3d_resnet_blob_names(expected):
+    """{state_dict key: Caffe2 blob name} for every tensor of an I3D ResNet-50 state_dict."""
+    names = {key: _blob_of(key) for key in expected}
     assert len(set(names.values())) == len(names), "two tensors would read the same blob"
     return names
 
@@ -63,8 +55,10 @@ def split_training_state(blobs):
     return {name: value for name, value in blobs.items() if name not in aside}, aside
 
 
-def i3d_resnet_state_dict(blobs, num_classes=None):
-    """Caffe2 I3D ResNet-50 blobs {name: array} -> state_dict of `i3d_r50(num_classes)`.
+def i3d_resnet_state_dict(blobs, num_classes=None, *, build):
+    """Caffe2 I3D ResNet-50 blobs {name: array} -> state_dict of `build(num_classes=...)`, the
+    I3D ResNet-50 builder (called on the meta device for names and shapes): the checkpoint filter
+    of the video-nonlocal-net release.
 
     Pure: `blobs` is not modified, arrays are copied as float32. `num_classes` defaults to the rows
     of `pred_w`. Every parameter blob is used exactly once and every tensor is written; otherwise
@@ -75,8 +69,8 @@ def i3d_resnet_state_dict(blobs, num_classes=None):
     params, _ = split_training_state(blobs)
     if num_classes is None:
         num_classes = int(params["pred_w"].shape[0]) if "pred_w" in params else 400
-    expected = _expected(num_classes)
-    names = i3d_resnet_blob_names(num_classes)
+    expected = on_meta(build, num_classes).state_dict()
+    names = i3d_resnet_blob_names(expected)
     problems = _fit_problems(params, names, expected)
     if problems:
         shown = "; ".join(problems[:6])
@@ -87,6 +81,6 @@ def i3d_resnet_state_dict(blobs, num_classes=None):
             for key in expected}
 
 
-def convert_i3d_resnet(path, num_classes=None):
+def convert_i3d_resnet(path, num_classes=None, *, build):
     """Read the Caffe2 pickle at `path` with the safe loader -> state_dict (see above)."""
-    return i3d_resnet_state_dict(load_caffe2_blobs(path), num_classes)
+    return i3d_resnet_state_dict(load_caffe2_blobs(path), num_classes, build=build)

@@ -5,24 +5,24 @@ the state_dict fills the registry model strictly, reloads from disk (weights_onl
 and the ONNX model agrees with PyTorch through ONNX Runtime on random clips.
 """
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ig65m.convert.foreign import has_foreign_release, read_weights
 from ig65m.convert.onnx import OnnxBackend, export_onnx
 from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path, check_writable
-from ig65m.flow import is_flow_model
 from ig65m.models import get_spec, list_models
-from ig65m.models.registry import load_weights
+from ig65m.models.loading import WeightsFile, load_weights, read_state_dict
+from ig65m.models.registry import has_foreign_release
 from ig65m.weights import load_state_dict, sha256_file
 
 ONNX_TOLERANCE = 1e-4
+_log = logging.getLogger(__name__)
 _OUTPUT_SUFFIXES = (".pth", ".onnx", ".pb")
 
 
@@ -84,18 +84,19 @@ def output_paths(out):
 def convert_release(source, out, spec, *, check_batch=2, log=None):
     """Released weights `source` -> verified `OUT.pth` and `OUT.onnx` for registry model `spec`.
 
-    `source` is read by `ig65m.convert.foreign.read_weights`: a Caffe2 pickle (R(2+1)D-34,
+    `source` is read by `ig65m.models.loading.read_state_dict`, through the checkpoint filter
+    `spec`'s weights row names for its format: a Caffe2 pickle (R(2+1)D-34,
     I3D ResNet-50), TensorFlow variables or a PyTorch port (I3D Inception).
 
     Raises Ig65mError for any bad input or failed check, leaving no OUT.* file behind.
     """
-    log = log or (lambda message: print(message, file=sys.stderr))
+    log = log or _log.info
     pth, onnx_path = output_paths(out)
     for path in (pth, onnx_path):
         check_writable(path)
     if not Path(source).is_file():
         raise Ig65mError(f"weights file not found: {source}")
-    state = read_weights(spec, source)
+    state = read_state_dict(spec, WeightsFile(Path(source), ""))
     model = spec.builder(num_classes=spec.weights.num_classes)
     load_weights(model, state, source=source)
     embedder = ClipEmbedder(model.eval())
@@ -104,7 +105,7 @@ def convert_release(source, out, spec, *, check_batch=2, log=None):
         _check_reload(tmp_pth, state, pth)
         log(f"wrote the state_dict ({len(state)} tensors); exporting ONNX")
         export_onnx(embedder, tmp_onnx, clip_frames=spec.weights.clip_frames,
-                    crop_size=spec.weights.crop_size, channels=2 if is_flow_model(spec.weights) else 3)
+                    crop_size=spec.weights.crop_size, channels=2 if spec.weights.modality == "flow" else 3)
         diff = compare_backends(embedder, tmp_onnx, batch=check_batch)
         log(f"ONNX Runtime vs PyTorch on random clips: max abs difference {diff:.3g}")
     return Converted(pth, onnx_path, sha256_file(pth), sha256_file(onnx_path), diff)

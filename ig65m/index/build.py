@@ -5,6 +5,7 @@ An index directory holds `index.faiss` (the Faiss index; Faiss id == clip id), `
 It is written in a temporary folder beside the target and renamed into place: never half an index.
 """
 
+import logging
 import contextlib
 import datetime
 import math
@@ -24,6 +25,8 @@ from ig65m.index.manifest import INDEX_FILE, METADATA_FILE, MANIFEST_FILE, METRI
 from ig65m.index.search import search_knob
 from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_files, sample_rows
 from ig65m.index.store import MetadataStore
+
+log = logging.getLogger(__name__)
 
 FLAT_MAX = 50_000        # below this many clips exact search answers in a few ms: no training
 CALIBRATION_QUERIES = 256
@@ -226,7 +229,7 @@ def _append(inputs, index_dir, progress):
         paths = []
         for path in find_feature_files(inputs):
             if store.has_file(path):
-                print(f"skipping {path}: already in the index", file=sys.stderr)
+                log.info("skipping %s: already in the index", path)
             else:
                 paths.append(path)
         if not paths:

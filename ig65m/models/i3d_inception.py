@@ -14,12 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ig65m.models.batchnorm import FrozenCounterBatchNorm3d
-from ig65m.models.registry import register_model
-from ig65m.weights import Weights
+from ig65m.models.padding import tf_same_padding
 
 TF_BN_EPS = 1e-3
-FLOW_BOUND = 20.0  # flow values are clipped to [-20, 20] and divided by 20
-_HASSONY2 = "https://github.com/hassony2/kinetics_i3d_pytorch/raw/master/model/"
 
 # Mixed layers: name, input channels, (branch 0, branch 1 reduce, branch 1, branch 2 reduce,
 # branch 2, branch 3 after the max pool), from the TensorFlow model.
@@ -34,17 +31,6 @@ MIXED = (
     ("mixed_5b", 832, (256, 160, 320, 32, 128, 128)),
     ("mixed_5c", 832, (384, 192, 384, 48, 128, 128)),
 )
-
-
-def tf_same_padding(size, kernel, stride):
-    """(before, after) padding TensorFlow's "SAME" applies to a dimension of `size`.
-
-    The output has ceil(size / stride) positions; the total padding is split with the extra
-    element after, e.g. size 224, kernel 7, stride 2 -> (2, 3); size 7, kernel 3, stride 2 -> (1, 1).
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 class TFSamePad(nn.Module):
@@ -186,29 +172,11 @@ def two_stream_logits(rgb_logits, flow_logits):
     return rgb_logits + flow_logits
 
 
-# RGB in [-1, 1]: x / 255 * 2 - 1 == (x / 255 - 0.5) / 0.5.
-_RGB = Weights(url=_HASSONY2 + "model_rgb.pth", num_classes=400, clip_frames=64, crop_size=224,
-               frame_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), labels="kinetics400",
-               meta={"modality": "rgb", "source": "deepmind/kinetics-i3d rgb_imagenet, converted "
-                                                  "by hassony2/kinetics_i3d_pytorch"})
-_FLOW = Weights(url=_HASSONY2 + "model_flow.pth", num_classes=400, clip_frames=64, crop_size=224,
-                frame_size=256, mean=(0.0, 0.0), std=(FLOW_BOUND, FLOW_BOUND), labels="kinetics400",
-                meta={"modality": "flow", "flow_bound": FLOW_BOUND, "flow": "tvl1",
-                      "source": "deepmind/kinetics-i3d flow_imagenet, converted by "
-                                "hassony2/kinetics_i3d_pytorch"})
-
-
-@register_model("i3d_inception_rgb_kinetics", family="i3d_inception", weights=_RGB, feature_dim=1024,
-                description="I3D Inception-v1 RGB stream, 64-frame clips, Kinetics-400")
 def i3d_inception_rgb(*, num_classes=400):
     """I3D Inception-v1 RGB stream: (N, 3, 64, 224, 224) in [-1, 1] -> 1024-d features."""
     return InceptionI3D(num_classes=num_classes, in_channels=3)
 
 
-@register_model("i3d_inception_flow_kinetics", family="i3d_inception", weights=_FLOW,
-                feature_dim=1024,
-                description="I3D Inception-v1 optical-flow stream (TV-L1), 64-frame clips, "
-                            "Kinetics-400")
 def i3d_inception_flow(*, num_classes=400):
     """I3D Inception-v1 flow stream: (N, 2, 64, 224, 224) flow/20 in [-1, 1] -> 1024-d features."""
     return InceptionI3D(num_classes=num_classes, in_channels=2)

@@ -14,8 +14,6 @@ import torch
 import torch.nn as nn
 
 from ig65m.models.batchnorm import FrozenCounterBatchNorm3d
-from ig65m.models.registry import register_model
-from ig65m.weights import Weights
 
 # Which blocks of layers 1-4 have a 3x1x1 (1) rather than 1x1x1 (0) first convolution.
 INFLATED = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
@@ -112,19 +110,6 @@ class I3DResNet50(nn.Module):
             for block in layer]
 
 
-# The original Caffe2 release; `ig65m.convert.i3d_resnet` turns it into this model's state_dict.
-_CAFFE2 = "https://dl.fbaipublicfiles.com/video-nonlocal/i3d_baseline_32x2_IN_pretrain_400k.pkl"
-
-
-@register_model("i3d_r50_32_kinetics", family="i3d_resnet", feature_dim=2048,
-                weights=Weights(url=_CAFFE2, num_classes=400, clip_frames=32, crop_size=224,
-                                frame_size=256, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225),
-                                labels="kinetics400",
-                                meta={"format": "caffe2", "sample_rate": 2,
-                                      "source": "facebookresearch/video-nonlocal-net "
-                                                "run_i3d_baseline_400k_32f"}),
-                description="I3D ResNet-50 (video-nonlocal-net baseline), 32-frame clips, "
-                            "Kinetics-400")
 def i3d_r50(*, num_classes=400):
     """I3D ResNet-50: (N, 3, 32, 224, 224) -> 2048-d features (feature map 4x7x7), 400 logits."""
     return I3DResNet50(num_classes=num_classes)

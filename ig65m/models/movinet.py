@@ -20,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ig65m.models.movinet_config import ARCHS
-from ig65m.models.registry import register_model
-from ig65m.weights import Weights
+from ig65m.models.padding import tf_same_padding
 
 
 class Swish(nn.Module):
@@ -42,17 +41,10 @@ def _make_divisible(value, divisor=8):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def same_pads(size, kernel, stride):
-    """TensorFlow "SAME" padding of one dimension -> (before, after); the odd pixel goes after."""
-    out = (size + stride - 1) // stride  # ceil without negative floor division: exported
-    total = max((out - 1) * stride + kernel - size, 0)  # to ONNX, Div truncates toward zero
-    return total // 2, total - total // 2
-
-
 def pad_same(x, kernel, stride):
     """Pad the last two dims (H, W) of `x` as TensorFlow "SAME" does for (kh, kw), (sh, sw)."""
-    top, bottom = same_pads(x.shape[-2], kernel[0], stride[0])
-    left, right = same_pads(x.shape[-1], kernel[1], stride[1])
+    top, bottom = tf_same_padding(x.shape[-2], kernel[0], stride[0])
+    left, right = tf_same_padding(x.shape[-1], kernel[1], stride[1])
     return F.pad(x, (left, right, top, bottom))
 
 
@@ -329,34 +321,3 @@ def movinet(variant, *, stream=False, num_classes=600, tf_like=True):
         return MoViNet(arch, num_classes=num_classes, causal=True, conv_type="2plus1d",
                        tf_like=tf_like)
     return MoViNet(arch, num_classes=num_classes, causal=False, conv_type="3d", tf_like=tf_like)
-
-
-_WEIGHTS = "https://github.com/Atze00/MoViNet-pytorch/raw/main/weights/"
-# variant: (input size, clip frames, fps) of the TF release: 10-second clips
-_INPUTS = {"A0": (172, 50, 5), "A1": (172, 50, 5), "A2": (224, 50, 5), "A3": (256, 120, 12),
-           "A4": (290, 80, 8), "A5": (320, 120, 12)}
-_RGB_01 = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-def _register(variant, stream):
-    size, clip_frames, fps = _INPUTS[variant]
-    kind = "stream" if stream else "base"
-    file_name = f"model{variant}_stream_statedict_v3" if stream else f"model{variant}_statedict_v3"
-    weights = Weights(url=_WEIGHTS + file_name, num_classes=600, clip_frames=clip_frames,
-                      crop_size=size, frame_size=size, labels="kinetics600",
-                      meta={"fps": fps, "stream": stream}, **_RGB_01)
-    what = "causal (2+1)D with stream buffers" if stream else "3D convolutions"
-
-    @register_model(f"movinet_{variant.lower()}_{kind}", family="movinet", weights=weights,
-                    feature_dim=ARCHS[variant].head,
-                    description=f"MoViNet-{variant} {kind}, {what}, Kinetics-600")
-    def build(*, num_classes=600):
-        return movinet(variant, stream=stream, num_classes=num_classes)
-
-    return build
-
-
-for _variant in _INPUTS:
-    _register(_variant, stream=False)
-for _variant in ("A0", "A1", "A2"):
-    _register(_variant, stream=True)

@@ -9,10 +9,6 @@ import torch
 import torch.nn as nn
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
 
-from ig65m.models.registry import register_model
-from ig65m.weights import Weights
-
-_RELEASE = "https://github.com/moabitcoin/ig65m-pytorch/releases/download/v1.0.0/"
 
 
 class R2Plus1D(VideoResNet):
@@ -63,37 +59,6 @@ def r2plus1d_34(*, num_classes):
     return model
 
 
-def _register(name, file_name, num_classes, clip_frames, labels, what):
-    weights = Weights(url=_RELEASE + file_name, num_classes=num_classes, clip_frames=clip_frames,
-                      labels=labels)
-
-    @register_model(name, family="r2plus1d", weights=weights, feature_dim=512,
-                    description=f"R(2+1)D-34, {clip_frames}-frame clips, {what}")
-    def build(*, num_classes=num_classes):
-        return r2plus1d_34(num_classes=num_classes)
-
-    return build
-
-
-# The IG-65M heads: 359 classes for 8-frame clips, 487 for 32-frame clips (as the released weights).
-r2plus1d_34_8_ig65m = _register("r2plus1d_34_8_ig65m",
-                                "r2plus1d_34_clip8_ig65m_from_scratch-9bae36ae.pth",
-                                359, 8, None, "pre-trained on IG-65M")
-r2plus1d_34_32_ig65m = _register("r2plus1d_34_32_ig65m",
-                                 "r2plus1d_34_clip32_ig65m_from_scratch-449a7af9.pth",
-                                 487, 32, None, "pre-trained on IG-65M")
-r2plus1d_34_8_kinetics = _register("r2plus1d_34_8_kinetics",
-                                   "r2plus1d_34_clip8_ft_kinetics_from_ig65m-0aa0550b.pth",
-                                   400, 8, "kinetics400", "IG-65M fine-tuned on Kinetics-400")
-r2plus1d_34_32_kinetics = _register("r2plus1d_34_32_kinetics",
-                                    "r2plus1d_34_clip32_ft_kinetics_from_ig65m-ade133f1.pth",
-                                    400, 32, "kinetics400", "IG-65M fine-tuned on Kinetics-400")
-
-
-@register_model("r2plus1d_18_16_kinetics", family="r2plus1d", feature_dim=512,
-                weights=Weights(url="https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
-                                num_classes=400, clip_frames=16, labels="kinetics400"),
-                description="R(2+1)D-18, 16-frame clips, Kinetics-400 (torchvision's weights)")
 def r2plus1d_18(*, num_classes=400):
     """R(2+1)D-18 exactly as torchvision builds it (layers [2, 2, 2, 2]), so torchvision's
     published state_dict loads as is. Input (N, 3, 16, 112, 112) -> 512-d features."""

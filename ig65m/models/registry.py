@@ -1,4 +1,6 @@
-"""Model registry: `register_model`, `list_models`, `get_spec`, `get_model` (timm style).
+"""Model registry: `register_model`, `list_models`, `get_spec` (timm style). Torch-free: the
+registered models are data (`ig65m.models.table`); a builder's module is imported when it is
+first called. Loading weights into a model is `ig65m.models.loading.get_model`.
 
 Every registered builder returns an `nn.Module` with this interface, whatever its family:
 
@@ -6,29 +8,28 @@ Every registered builder returns an `nn.Module` with this interface, whatever it
 - `forward_head(feature_map)`: that map -> logits (N, num_classes), pooling as the family's head does
 - `forward(clips)`: `forward_head(forward_features(clips))`
 
-Pretrained settings (URL, classes, clip frames, crop, mean/std, labels) are data in the spec's
-`Weights` row, not code paths.
+Pretrained settings (URL and pin, file format and checkpoint filters, classes, preprocessing,
+labels) are data in the spec's `Weights` row, not code paths.
 """
 
-import hashlib
-import itertools
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import torch
-
 from ig65m.errors import Ig65mError
-from ig65m.models.heads import match_head
-from ig65m.weights import Weights, download, sha256_file
+from ig65m.models.table import ENTRIES
+from ig65m.weights import Weights
 
-_MODELS = {}
+
+FAMILY_NAMES = {"r2plus1d": "R(2+1)D", "i3d_resnet": "I3D ResNet-50",
+                "i3d_inception": "I3D Inception", "movinet": "MoViNet"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its builder, pretrained weights row and feature dimension."""
+    """A registered model: its builder, pretrained weights row and feature dimension.
+
+    `parameters`: the parameter count with the released head (data, so listing needs no torch);
+    None for models registered at run time."""
 
     name: str
     family: str
@@ -36,10 +37,16 @@ class ModelSpec:
     weights: Weights
     feature_dim: int
     description: str = ""
+    parameters: int | None = None
+
+
+_MODELS = {entry.name: ModelSpec(entry.name, entry.family, entry.builder, entry.weights,
+                                 entry.feature_dim, entry.description, entry.parameters)
+           for entry in ENTRIES}
 
 
 def register_model(name, *, family, weights, feature_dim, description=""):
-    """Decorator registering `builder(*, num_classes)` under `name`."""
+    """Decorator registering `builder(*, num_classes)` under `name` (models beyond the table)."""
 
     def decorate(builder):
         if name in _MODELS:
@@ -62,98 +69,33 @@ def get_spec(name):
     return _MODELS[name]
 
 
-def get_model(name, weights=None, *, progress=True):
-    """Build model `name` and load its weights -> (model in eval mode, weights sha256 or None).
-
-    `weights`: None or "pretrained" downloads the spec's release file into the cache (checked
-    against its sha256 prefix); a path loads that local file (`.pth`, or a released Caffe2 /
-    TensorFlow format, see ig65m.convert.foreign); "random" keeps the random initialisation (for
-    pipeline checks only: a warning says the features mean nothing); "random:SEED" draws that
-    initialisation from SEED, so every process and every run gets the same weights, and reports
-    the sha256 of their content.
-    """
-    spec = get_spec(name)
-    seed = random_seed(weights)
-    if seed is not None or weights == "random":
-        print(f"warning: {name} has random weights; its features mean nothing", file=sys.stderr)
-        return _random_model(spec, seed)
-    path = weights_file(spec, weights, progress=progress)
-    state_dict = read_state_dict(spec, path)
-    with torch.device("meta"):  # no time spent on a random initialisation about to be replaced
-        model = _build_for(spec, state_dict)
-    load_weights(model, state_dict, source=path)
-    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        model = _build_for(spec, state_dict)  # the model has non-persistent buffers
-        load_weights(model, state_dict, source=path)
-    return model.eval(), sha256_file(path)
+def has_foreign_release(spec):
+    """Whether `spec`'s authors published weights in a format `convert` reads (a checkpoint
+    filter for something other than our own .pth)."""
+    return any(file_format != "pth" for file_format in spec.weights.filters)
 
 
-def random_seed(weights):
-    """The SEED of `--weights random:SEED`, None for anything else."""
-    if not isinstance(weights, str) or not weights.startswith("random:"):
-        return None
-    text = weights.split(":", 1)[1]
-    if not text.isdigit() or int(text) >= 2**63:
-        raise Ig65mError(f"--weights random:SEED needs a whole number 0 <= SEED < 2**63, got {text!r}")
-    return int(text)
+def pin_text(weights):
+    """How the download of `weights` is checked, in words for `ig65m models`."""
+    pin = weights.integrity
+    if pin is None:
+        return "none (no published hash: not content-checked)"
+    if not pin.checks_content:
+        return f"size {pin.value} only (no published hash: not content-checked)"
+    return pin.describe()
 
 
-def _random_model(spec, seed):
-    """(model in eval mode, None), or with a seed (same weights everywhere, their content sha256)."""
-    if seed is None:
-        return spec.builder(num_classes=spec.weights.num_classes).eval(), None
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays untouched
-        torch.manual_seed(seed)
-        model = spec.builder(num_classes=spec.weights.num_classes).eval()
-    return model, state_dict_sha256(model.state_dict())
+def model_rows():
+    """One dict per registered model, sorted by name (the columns of `ig65m models`)."""
+    rows = []
+    for spec in list_models():
+        row = spec.weights
+        rows.append({"name": spec.name, "family": spec.family, "classes": row.num_classes,
+                     "clip_frames": row.clip_frames, "frame_stride": row.frame_stride,
+                     "input": f"{row.clip_frames}x{row.crop_size}x{row.crop_size}",
+                     "parameters": spec.parameters,
+                     "feature_dim": spec.feature_dim, "labels": row.labels, "weights": row.url,
+                     "pin": pin_text(row), "format": row.file_format,
+                     "description": spec.description})
+    return rows
 
-
-def state_dict_sha256(state_dict):
-    """sha256 over a state_dict's names, dtypes, shapes and bytes, in key order."""
-    digest = hashlib.sha256()
-    for key, tensor in state_dict.items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def weights_file(spec, weights, *, progress=True):
-    """`--weights` as a local file: None/"pretrained" -> the release, downloaded into the cache;
-    "random" -> None; anything else is a path."""
-    if weights == "random" or random_seed(weights) is not None:
-        return None
-    if weights in (None, "pretrained"):
-        return download(spec.weights.url, spec.weights.sha256_prefix, progress=progress)
-    return Path(weights)
-
-
-def read_state_dict(spec, path):
-    """The weights file at `path` -> state_dict for `spec`, whatever released format it is in."""
-    from ig65m.convert.foreign import read_weights  # converters import the model modules
-
-    return read_weights(spec, path)
-
-
-def _build_for(spec, state_dict):
-    """The model with the head size `state_dict` has (a fine-tuned checkpoint has its own)."""
-    model = spec.builder(num_classes=spec.weights.num_classes)
-    match_head(model, state_dict, spec.weights.num_classes)
-    return model
-
-
-def load_weights(model, state_dict, *, source):
-    """Load `state_dict` strictly (assigning its tensors to a model built on the meta device),
-    turning key or shape mismatches into one clear error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [f"{key} {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)}"
-             for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{label}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else ""))
-        raise Ig65mError(f"weights in {source} do not fit this model ({'; '.join(parts)})")
-    model.load_state_dict(state_dict, assign=any(p.is_meta for p in model.parameters()))

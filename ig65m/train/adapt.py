@@ -10,8 +10,7 @@ Conventions every model family follows to be fine-tunable (see ig65m.models.head
 
 from ig65m.errors import Ig65mError
 from ig65m.models.heads import match_head, reset_classifier  # noqa: F401  (re-exported)
-from ig65m.models.registry import load_weights, read_state_dict, weights_file
-from ig65m.weights import sha256_file
+from ig65m.models.loading import load_weights, read_state_dict, weights_file
 
 
 def feature_blocks(model):
@@ -46,14 +45,14 @@ def load_for_finetune(spec, weights, num_classes, *, progress=True):
     head -> (model, weights sha256 or None). Everything but the head must fit exactly."""
     model = spec.builder(num_classes=spec.weights.num_classes)
     head = reset_classifier(model, num_classes)
-    path = weights_file(spec, weights, progress=progress)
-    if path is None:
+    local = weights_file(spec, weights, progress=progress)
+    if local is None:
         return model, None
-    state = {key: value for key, value in read_state_dict(spec, path).items() if key not in head}
+    state = {key: value for key, value in read_state_dict(spec, local).items() if key not in head}
     own = model.state_dict()
     state.update({key: own[key] for key in head if key in own})
-    load_weights(model, state, source=path)
-    return model, sha256_file(path)
+    load_weights(model, state, source=local.path)
+    return model, local.sha256
 
 
 def load_for_eval(spec, weights, num_classes, *, progress=True):
@@ -62,11 +61,11 @@ def load_for_eval(spec, weights, num_classes, *, progress=True):
     model = spec.builder(num_classes=spec.weights.num_classes)
     if num_classes != spec.weights.num_classes:
         reset_classifier(model, num_classes)
-    path = weights_file(spec, weights, progress=progress)
-    if path is None:
+    local = weights_file(spec, weights, progress=progress)
+    if local is None:
         return model.eval(), None
-    load_weights(model, read_state_dict(spec, path), source=path)
-    return model.eval(), sha256_file(path)
+    load_weights(model, read_state_dict(spec, local), source=local.path)
+    return model.eval(), local.sha256
 
 
 def state_dict_cpu(model):

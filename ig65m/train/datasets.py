@@ -15,6 +15,7 @@ Every item is decoded once up front by `probe`: unreadable ones are reported on 
 with a count, and the frame counts the clip sampling needs are learnt.
 """
 
+import logging
 import csv
 import re
 import sys
@@ -28,6 +29,8 @@ from tqdm import tqdm
 from ig65m.errors import Ig65mError
 from ig65m.train import sampling
 from ig65m.video import read_frames
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg",
                             ".flv", ".wmv", ".ogv", ".3gp", ".ts"})
@@ -184,9 +187,9 @@ def probe(entries, *, frame_size, progress=True, what="items"):
         except Ig65mError as err:
             skipped.append(str(err))
     for reason in skipped:
-        print(f"skipped: {reason}", file=sys.stderr)
+        log.warning("skipped: %s", reason)
     if skipped:
-        print(f"skipped {len(skipped)} of {len(entries)} {what} (unreadable)", file=sys.stderr)
+        log.warning("skipped %d of %d %s (unreadable)", len(skipped), len(entries), what)
     if not samples:
         raise Ig65mError(f"none of the {len(entries)} {what} could be read")
     return samples
@@ -249,10 +252,11 @@ class ClipDataset(torch.utils.data.Dataset):
     MODES = ("train", "clip", "video")
 
     def __init__(self, samples, *, mode, clip_frames, frame_size, transform, flip=True, seed=0,
-                 num_clips=10):
+                 num_clips=10, frame_stride=1):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}")
         self.samples, self.mode, self.clip_frames = list(samples), mode, clip_frames
+        self.frame_stride, self.span = frame_stride, sampling.span(clip_frames, frame_stride)
         self.frame_size, self.transform, self.flip = frame_size, transform, flip
         self.crop_size, self.seed, self.num_clips, self.epoch = transform.crop_size, seed, num_clips, 0
 
@@ -267,10 +271,11 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.mode == "train":
             return self._train_clip(sample, np.random.default_rng([self.seed, self.epoch, index]))
         if self.mode == "clip":
-            starts = [sampling.centre_start(sample.num_frames, self.clip_frames)]
+            starts = [sampling.centre_start(sample.num_frames, self.span)]
         else:
-            starts = sampling.uniform_starts(sample.num_frames, self.clip_frames, self.num_clips)
-        clips = [sampling.clip_indices(sample.num_frames, self.clip_frames, s) for s in starts]
+            starts = sampling.uniform_starts(sample.num_frames, self.span, self.num_clips)
+        clips = [sampling.clip_indices(sample.num_frames, self.clip_frames, s, self.frame_stride)
+                 for s in starts]
         frames = read_indices(sample.path, [i for clip in clips for i in clip], self.frame_size)
         frames = frames.reshape(len(clips), self.clip_frames, *frames.shape[1:])
         height, width = frames.shape[2:4]
@@ -280,10 +285,10 @@ class ClipDataset(torch.utils.data.Dataset):
         return torch.stack(out), sample.label
 
     def _train_clip(self, sample, rng):
-        start = sampling.random_start(sample.num_frames, self.clip_frames, rng)
-        frames = read_indices(sample.path, sampling.clip_indices(sample.num_frames,
-                                                                 self.clip_frames, start),
-                              self.frame_size)
+        start = sampling.random_start(sample.num_frames, self.span, rng)
+        indices = sampling.clip_indices(sample.num_frames, self.clip_frames, start,
+                                        self.frame_stride)
+        frames = read_indices(sample.path, indices, self.frame_size)
         top, left = sampling.random_crop(*frames.shape[1:3], self.crop_size, rng)
         flip = self.flip and rng.random() < 0.5
         return self._crop(frames, top, left, flip), sample.label

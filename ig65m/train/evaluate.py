@@ -5,8 +5,8 @@ uniformly spaced clips x 3 crops along the long side; the softmax probabilities 
 averaged per video. Clips from consecutive videos share batches of `batch_size` clips.
 """
 
+import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +17,22 @@ from ig65m.errors import Ig65mError
 from ig65m.fileio import write_json
 from ig65m.labels import dataset_labels, read_labels
 from ig65m.models import get_spec
-from ig65m.models.registry import random_seed
+from ig65m.device import resolve_device
+from ig65m.models.loading import random_seed
+from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.train import adapt, datasets, metrics, plots
 from ig65m.transforms import transform_for
 
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """How clips are cut: frames per clip, decoded short side, crop side."""
-
-    clip_frames: int
-    frame_size: int
-    crop_size: int
-
-    @classmethod
-    def resolve(cls, spec, clip_frames=None, frame_size=None, crop_size=None):
-        """The model's own settings, each overridable; the crop must fit in the frame."""
-        settings = cls(clip_frames or spec.weights.clip_frames,
-                       frame_size or spec.weights.frame_size, crop_size or spec.weights.crop_size)
-        if settings.crop_size > settings.frame_size:
-            raise Ig65mError(f"--crop-size {settings.crop_size} is larger than --frame-size "
-                             f"{settings.frame_size}")
-        return settings
+log = logging.getLogger(__name__)
 
 
-def default_device(device=None):
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+REPORTED = ("clip_frames", "frame_stride", "frame_size", "crop_size")
+
+
+def clip_settings(spec, clip_frames=None, frame_size=None, crop_size=None):
+    """The model's own Preprocess (`ig65m.preprocess.resolve`), each size overridable."""
+    return resolve_preprocess(spec.weights, clip_frames=clip_frames, frame_size=frame_size,
+                              crop_size=crop_size)
 
 
 def _clip_batches(loader, batch_size, targets):
@@ -93,7 +83,7 @@ def nll(scores, targets):
 def eval_loader(samples, settings, transform, *, mode, num_clips=10, num_workers=0):
     dataset = datasets.ClipDataset(samples, mode=mode, clip_frames=settings.clip_frames,
                                    frame_size=settings.frame_size, transform=transform,
-                                   num_clips=num_clips)
+                                   num_clips=num_clips, frame_stride=settings.frame_stride)
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
                                        num_workers=num_workers)
 
@@ -106,7 +96,7 @@ def find_labels(spec, weights, labels_file, *, progress=True):
     local = weights not in (None, "random", "pretrained") and random_seed(weights) is None
     beside = Path(weights).parent / "labels.txt" if local else None
     if beside is not None and beside.is_file():
-        print(f"labels: {beside}", file=sys.stderr)
+        log.info("labels: %s", beside)
         return read_labels(beside)
     if not local and spec.weights.labels:
         return dataset_labels(spec.weights.labels, progress=progress)
@@ -118,7 +108,7 @@ def evaluation_entries(dataset):
     """A dataset's entries; a folder with train/ and val/ is evaluated on val/."""
     dataset = Path(dataset)
     if dataset.is_dir() and (dataset / "val").is_dir() and (dataset / "train").is_dir():
-        print(f"evaluating the val/ split of {dataset}", file=sys.stderr)
+        log.info("evaluating the val/ split of %s", dataset)
         dataset = dataset / "val"
     return datasets.list_entries(dataset)
 
@@ -132,20 +122,20 @@ def evaluate(dataset, *, model, weights=None, labels=None, mode="video", num_cli
         raise Ig65mError(f"--mode must be clip or video, not {mode!r}")
     spec = get_spec(model)
     label_names = find_labels(spec, weights, labels, progress=progress)
-    settings = ClipSettings.resolve(spec, clip_frames, frame_size, crop_size)
+    settings = clip_settings(spec, clip_frames, frame_size, crop_size)
     entries = datasets.label_indices(evaluation_entries(dataset), label_names)
     net, sha256 = adapt.load_for_eval(spec, weights, len(label_names), progress=progress)
     samples = datasets.probe(entries, frame_size=settings.frame_size, progress=progress,
                              what="videos")
-    device = default_device(device)
-    loader = eval_loader(samples, settings, transform_for(spec.weights, settings.crop_size),
+    device = resolve_device(device)
+    loader = eval_loader(samples, settings, transform_for(settings),
                          mode=mode, num_clips=num_clips, num_workers=num_workers)
     scores, targets = predict(net.to(device), loader, device, batch_size=batch_size,
                               progress=progress)
     report = {"model": model, "weights": None if weights is None else str(weights),
               "weights_sha256": sha256, "dataset": str(dataset), "mode": mode,
               "views_per_video": 1 if mode == "clip" else num_clips * 3,
-              **settings.__dict__, "skipped": len(entries) - len(samples),
+              **{key: getattr(settings, key) for key in REPORTED}, "skipped": len(entries) - len(samples),
               **metrics.summarize(scores, targets, label_names),
               "predictions": _predictions(samples, scores, label_names)}
     if out_dir is not None:

@@ -14,6 +14,7 @@ Training clips: random start, random crop, random horizontal flip; validation: t
 Data randomness derives from (seed, epoch, index), so it does not depend on workers or resumes.
 """
 
+import logging
 import json
 import math
 import sys
@@ -30,9 +31,12 @@ from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
 from ig65m.models import get_spec
 from ig65m.train import adapt, datasets, plots
-from ig65m.train.evaluate import ClipSettings, default_device, eval_loader, nll, predict
+from ig65m.device import resolve_device
+from ig65m.train.evaluate import clip_settings, eval_loader, nll, predict
 from ig65m.train.metrics import topk_accuracy
 from ig65m.transforms import transform_for
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "ig65m-finetune-1"
 OPTIMIZERS = ("adamw", "sgd")
@@ -89,9 +93,9 @@ class Run:
             raise Ig65mError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.spec = get_spec(config.model)
-        self.settings = ClipSettings.resolve(self.spec, config.clip_frames, config.frame_size,
-                                             config.crop_size)
-        if config.chunk_frames and not self.spec.weights.meta.get("stream"):
+        self.settings = clip_settings(self.spec, config.clip_frames, config.frame_size,
+                                      config.crop_size)
+        if config.chunk_frames and not self.spec.weights.stream:
             raise Ig65mError(f"--chunk-frames needs a stream model with a stream buffer "
                              f"(e.g. movinet_a0_stream), not {config.model}")
         train, val_entries = datasets.load_splits(dataset, val=val, val_split=config.val_split,
@@ -99,7 +103,7 @@ class Run:
         self.labels = datasets.class_names(train)
         train = datasets.label_indices(train, self.labels, what="training set")
         val_entries = datasets.label_indices(val_entries, self.labels, what="validation set")
-        self.device = default_device(device)
+        self.device = resolve_device(device)
         self.amp = self.device.type == "cuda"
         torch.manual_seed(config.seed)  # the new head's initialisation
         model, self.weights_sha256 = adapt.load_for_finetune(
@@ -116,9 +120,10 @@ class Run:
                                what="training videos")
         val = datasets.probe(val, frame_size=frame_size, progress=self.progress,
                              what="validation videos")
-        transform = transform_for(self.spec.weights, self.settings.crop_size)
+        transform = transform_for(self.settings)
         self.train_set = datasets.ClipDataset(
             train, mode="train", clip_frames=self.settings.clip_frames, frame_size=frame_size,
+            frame_stride=self.settings.frame_stride,
             transform=transform, flip=self.config.flip, seed=self.config.seed)
         self.sampler = EpochSampler(len(train), self.config.seed)
         self.train_loader = torch.utils.data.DataLoader(
@@ -178,7 +183,7 @@ class Run:
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
-        print(f"resuming after epoch {self.epoch} of {self.config.epochs}", file=sys.stderr)
+        log.info("resuming after epoch %d of %d", self.epoch, self.config.epochs)
 
     def _save_epoch(self, row):
         out = self.out_dir
@@ -265,7 +270,7 @@ class Run:
             self.history.append(row)
             self.epoch += 1
             self._save_epoch(row)
-            print(json.dumps(row), file=sys.stderr)
+            log.info("%s", json.dumps(row))
             if on_epoch_end is not None:
                 on_epoch_end(self, row)
         return {"model": self.config.model, "out_dir": str(self.out_dir),

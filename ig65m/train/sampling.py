@@ -1,6 +1,6 @@
 """Where clips start and where crops sit: random in training, deterministic in evaluation.
 
-Clips are `clip_frames` consecutive frames. A video shorter than a clip repeats its last frame
+Clips are `clip_frames` frames, every `frame_stride`-th (starts are placed with the clip's span). A video shorter than a clip repeats its last frame
 (`clip_indices`). Crops are squares of `crop_size` inside frames whose short side is `frame_size`.
 
 - training: a uniformly random start, a uniformly random crop, a horizontal flip with p = 0.5;
@@ -13,9 +13,15 @@ Clips are `clip_frames` consecutive frames. A video shorter than a clip repeats 
 import numpy as np
 
 
-def clip_indices(num_frames, clip_frames, start):
-    """Frame indices of the clip starting at `start`; past the end, the last frame repeats."""
-    return [min(start + offset, num_frames - 1) for offset in range(clip_frames)]
+def clip_indices(num_frames, clip_frames, start, frame_stride=1):
+    """Frame indices of the clip starting at `start`, every `frame_stride`-th frame; past the end,
+    the last frame repeats. Starts are chosen with `span` frames per clip."""
+    return [min(start + offset * frame_stride, num_frames - 1) for offset in range(clip_frames)]
+
+
+def span(clip_frames, frame_stride=1):
+    """Frames of the video one clip covers."""
+    return (clip_frames - 1) * frame_stride + 1
 
 
 def last_start(num_frames, clip_frames):
