@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ig65m.errors import Ig65mError
+from ig65m.sidecar import Sidecar
 
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 _NPY_HEADER_BYTES = 128  # fixed, so the header can be rewritten in place once N is known
@@ -118,7 +119,8 @@ class FeatureWriter:
         self._file.write(_npy_header(self.rows, self.dim))
         self._file.close()
         # sidecar first: whoever sees the .npy can rely on its .json being there
-        write_json(sidecar_path(self.path), meta)
+        sidecar = Sidecar.from_dict(meta, name=f"sidecar of {self.path}", rows=self.rows)
+        write_json(sidecar_path(self.path), sidecar.to_dict())
         os.replace(self._tmp, self.path)
 
     def abort(self):
@@ -146,7 +148,8 @@ def save_features(path, features, meta):
 def load_features(path):
     """Read a features file -> (float32 array (N, D), sidecar dict or None).
 
-    Raises Ig65mError for a missing file, a non-.npy file, a pickled or non-2-d array.
+    Raises Ig65mError for a missing file, a non-.npy file, a pickled or non-2-d array, or a sidecar
+    that `ig65m.sidecar.Sidecar` refuses (not an object, or clips that do not match the rows).
     """
     path = Path(path)
     if not path.is_file():
@@ -159,11 +162,5 @@ def load_features(path):
         raise Ig65mError(f"features in {path} must be 2-d (clips x dims), got shape {features.shape}")
     if not np.issubdtype(features.dtype, np.number):
         raise Ig65mError(f"features in {path} are not numbers (dtype {features.dtype})")
-    meta = None
-    side = sidecar_path(path)
-    if side.is_file():
-        try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise Ig65mError(f"sidecar {side} is not valid JSON ({err})") from None
-    return features, meta
+    sidecar = Sidecar.read(sidecar_path(path), rows=features.shape[0])
+    return features, None if sidecar is None else sidecar.to_dict()

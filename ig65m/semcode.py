@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path, check_writable, load_features, sidecar_path
+from ig65m.sidecar import Sidecar
 
 VIEWS = ("strip", "similarity", "pca", "all")
 SCALES = ("global", "dim")
@@ -82,18 +83,11 @@ def clip_spans(meta, rows, name="sidecar"):
     Returns (spans, seconds) where `seconds` says which. A sidecar whose clips disagree with the
     features raises Ig65mError rather than drawing a wrong time axis.
     """
-    clips = None if meta is None else meta.get("clips")
+    clips = None if meta is None else Sidecar.from_dict(meta, name=name, rows=rows).clips
     if clips is None:
         index = np.arange(rows, dtype=np.float64)
         return np.stack([index - 0.5, index + 0.5], axis=1), False
-    try:
-        spans = np.asarray(clips, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise Ig65mError(f"{name}: 'clips' must be a list of [start, end] seconds") from None
-    if spans.shape != (rows, 2) or not np.isfinite(spans).all():
-        raise Ig65mError(f"{name}: 'clips' must hold {rows} finite [start, end] pairs, one per "
-                         f"feature row; got shape {spans.shape}")
-    return spans, True
+    return np.asarray(clips, dtype=np.float64).reshape(rows, 2), True
 
 
 def summarise(features, spans=None, *, max_bins=1000, chunk_rows=4096, name="features"):

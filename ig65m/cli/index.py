@@ -10,6 +10,7 @@ from ig65m.cli.base import command
 from ig65m.cli.options import model_options, split_model_options
 from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
+from ig65m.sidecar import Sidecar
 from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index
 from ig65m.index.client import IndexClient
 from ig65m.index.manifest import METRICS, read_manifest
@@ -120,8 +121,9 @@ def _pick(features, meta, clip, label):
     if clip is not None and clip >= count:
         raise Ig65mError(f"{label} has {count} clips (0 to {count - 1}); clip {clip} does not exist")
     numbers = range(count) if clip is None else [clip]
-    times = (meta or {}).get("clips") or [[None, None]] * count
-    source = (meta or {}).get("source") or label
+    sidecar = Sidecar.from_dict(meta or {}, name=f"sidecar of {label}", rows=count)
+    times = sidecar.clip_times(count)
+    source = sidecar.source or label
     queries = [{"path": source, "clip": n, "start": times[n][0], "end": times[n][1]}
                for n in numbers]
     return features[list(numbers)], queries

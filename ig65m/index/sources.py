@@ -11,6 +11,7 @@ import numpy as np
 
 from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
+from ig65m.sidecar import Sidecar
 
 CHUNK_ROWS = 65536
 
@@ -59,20 +60,9 @@ def open_feature_file(path):
     rows, dim = features.shape
     if rows == 0 or dim == 0:
         raise Ig65mError(f"features file {path} is empty (shape {features.shape})")
-    meta = meta or {}
-    clips = meta.get("clips")
-    if clips is None:
-        clip_times = [(None, None)] * rows
-    else:
-        if not isinstance(clips, list) or len(clips) != rows:
-            raise Ig65mError(f"sidecar of {path} lists {len(clips) if isinstance(clips, list) else 'no'}"
-                             f" clips for {rows} feature rows")
-        try:
-            clip_times = [(float(start), float(end)) for start, end in clips]
-        except (TypeError, ValueError):
-            raise Ig65mError(f"sidecar of {path}: clips must be [start, end] seconds") from None
-    return FeatureFile(path=Path(path), rows=rows, dim=dim, source=meta.get("source"),
-                       model=meta.get("model"), clip_times=clip_times)
+    sidecar = Sidecar.from_dict(meta or {}, name=f"sidecar of {path}", rows=rows)
+    return FeatureFile(path=Path(path), rows=rows, dim=dim, source=sidecar.source,
+                       model=sidecar.model, clip_times=sidecar.clip_times(rows))
 
 
 def open_feature_files(paths, *, dim=None, model=None):
