@@ -26,7 +26,7 @@ def test_query_by_video_finds_its_own_clips(tmp_path, weights):
         invoke("extract", tmp_path / f"{name}.mkv", tmp_path / f"{name}.npy", "--weights", weights,
                *SMALL)
     invoke("index-build", tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "idx", "--quiet")
-    process, url = start_server([sys.executable, "-m", "ig65m.index.server",
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve",
                                  str(tmp_path / "idx"), "--port", "0"])
     try:
         result = invoke("index-query", tmp_path / "a.mkv", "--url", url, "--k", 2,

@@ -55,7 +55,7 @@ def collection(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(collection):
     folder, _ = collection
-    process, url = start_server([sys.executable, "-m", "ig65m.index.server", str(folder / "idx"),
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(folder / "idx"),
                                  "--port", "0", "--threads", "4"], env={"IG65M_TOKEN": TOKEN})
     yield url
     stop(process)

@@ -1,20 +1,18 @@
 """`index-build`, `index-serve`, `index-query`: clip search over a collection of feature files."""
 
 import json
-import os
-import sys
 
 import click
 
 from ig65m.cli.base import command
 from ig65m.cli.options import model_options, split_model_options
 from ig65m.errors import Ig65mError
-from ig65m.fileio import load_features
-from ig65m.sidecar import Sidecar
+from ig65m.defaults import MAX_K
 from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index
 from ig65m.index.client import IndexClient
-from ig65m.index.manifest import METRICS, read_manifest
-from ig65m.index.server import MAX_K
+from ig65m.index.manifest import METRICS
+from ig65m.index.query import format_table, query_index
+from ig65m.index.server import serve
 
 
 @command("index-build")
@@ -60,21 +58,14 @@ def index_build(paths, index_key, metric, append, target_recall, quiet):
 def index_serve(index_dir, host, port, token, threads, omp_threads):
     """Serve INDEX_DIR over HTTP (waitress): GET /healthz, POST /search, GET /clips/ID.
 
-    The server runs in a fresh interpreter (same process id) that never imports torch: the `ig65m`
-    command group loads the models, close to 1 GB the server does not need.
+    The `ig65m` command group loads only this command's module, so the server never imports
+    torch.
     """
-    read_manifest(index_dir)  # a wrong folder fails here, before the hand-over
-    argv = [sys.executable, "-m", "ig65m.index.server", str(index_dir), "--host", host,
-            "--port", str(port), "--threads", str(threads)]
-    if omp_threads:
-        argv += ["--omp-threads", str(omp_threads)]
-    if token:
-        os.environ["IG65M_TOKEN"] = token  # environment, not argv: argv is public in `ps`
-    else:
-        os.environ.pop("IG65M_TOKEN", None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    try:
+        serve(index_dir, host=host, port=port, threads=threads, token=token or None,
+              omp_threads=omp_threads)
+    except OSError as err:
+        raise Ig65mError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
 
 
 @command("index-query")
@@ -100,80 +91,10 @@ def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_
     """Find the clips nearest to clip CLIP of FEATURES.npy (every clip when CLIP is left out), or
     to the clips of VIDEO (extracted first, with the same model options as `extract`)."""
     client = IndexClient(url or f"http://{host}:{port}", token=token, timeout=timeout)
-    health = client.health()
-    if query.endswith(".npy"):
-        vectors, queries, model = _features_query(query, clip)
-    else:
-        _check_model(options["model"], health)  # before spending time on the model
-        vectors, queries, model = _video_query(query, clip, options)
-    _check_compatible(vectors, model, health)
-    results = client.search(vectors, k=k, nprobe=nprobe)
-    answers = [{"query": q, "results": r} for q, r in zip(queries, results)]
+    model_kwargs, run_kwargs = split_model_options(options)
+    answers = query_index(client, query, clip, k=k, nprobe=nprobe, model_kwargs=model_kwargs,
+                          run_kwargs=run_kwargs)
     if output_format == "json":
         click.echo(json.dumps(answers, indent=2))
     else:
         click.echo(format_table(answers))
-
-
-def _pick(features, meta, clip, label):
-    """Rows to query and their descriptions {"path", "clip", "start", "end"}."""
-    count = len(features)
-    if clip is not None and clip >= count:
-        raise Ig65mError(f"{label} has {count} clips (0 to {count - 1}); clip {clip} does not exist")
-    numbers = range(count) if clip is None else [clip]
-    sidecar = Sidecar.from_dict(meta or {}, name=f"sidecar of {label}", rows=count)
-    times = sidecar.clip_times(count)
-    source = sidecar.source or label
-    queries = [{"path": source, "clip": n, "start": times[n][0], "end": times[n][1]}
-               for n in numbers]
-    return features[list(numbers)], queries
-
-
-def _features_query(path, clip):
-    features, meta = load_features(path)
-    vectors, queries = _pick(features, meta, clip, path)
-    return vectors, queries, (meta or {}).get("model")
-
-
-def _video_query(video, clip, options):
-    from ig65m.extract import Extractor  # loads torch: only for queries by video
-
-    model_kwargs, run_kwargs = split_model_options(options)
-    features, meta = Extractor(**model_kwargs).features(video, **run_kwargs)
-    vectors, queries = _pick(features, meta, clip, video)
-    return vectors, queries, meta["model"]
-
-
-def _check_compatible(vectors, model, health):
-    if vectors.shape[1] != health["dimension"]:
-        raise Ig65mError(f"the query has {vectors.shape[1]}-d features, the index "
-                         f"{health['dimension']}-d: use the model the index was built with "
-                         f"({health.get('model') or 'unknown'})")
-    _check_model(model, health)
-
-
-def _check_model(model, health):
-    if model and health.get("model") and model != health["model"]:
-        raise Ig65mError(f"the query comes from model {model}, the index from {health['model']}: "
-                         f"query with --model {health['model']}")
-
-
-def format_table(answers):
-    """Results for people: one block per query clip, one line per neighbour."""
-    lines = []
-    for answer in answers:
-        query = answer["query"]
-        lines.append(f"query {query['path']} clip {query['clip']}{_span(query)}")
-        lines.append(f"{'rank':>4} {'id':>10} {'distance':>10} {'clip':>6} {'seconds':>17}  path")
-        for rank, hit in enumerate(answer["results"], 1):
-            lines.append(f"{rank:>4} {hit['id']:>10} {hit['distance']:>10.4f} {hit['clip']:>6} "
-                         f"{_span(hit, bare=True):>17}  {hit['path']}")
-        lines.append("")
-    return "\n".join(lines).rstrip("\n")
-
-
-def _span(item, bare=False):
-    if item.get("start") is None:
-        return "" if not bare else "-"
-    text = f"{item['start']:.2f}-{item['end']:.2f}"
-    return text if bare else f" [{text} s]"

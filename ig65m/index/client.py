@@ -3,8 +3,8 @@
 import numpy as np
 import requests
 
+from ig65m.defaults import MAX_VECTORS
 from ig65m.errors import Ig65mError
-from ig65m.index.server import MAX_VECTORS
 
 
 class IndexClient:

@@ -5,7 +5,6 @@ little-endian float32 body with `?k=&nprobe=`), `GET /clips/<id>`. Every bad req
 4xx with `{"error": "..."}`; a 500 would be a bug.
 """
 
-import argparse
 import hmac
 import json
 import logging
@@ -19,11 +18,9 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, Unauthorized
 
-from ig65m.errors import Ig65mError
+from ig65m.defaults import MAX_K, MAX_VECTORS
 from ig65m.index.search import Searcher
 
-MAX_K = 1000
-MAX_VECTORS = 1024
 MAX_BREADTH = 65536
 
 log = logging.getLogger("ig65m.index.server")
@@ -203,29 +200,3 @@ def _exit_on_sigterm():
     """Stop cleanly on SIGTERM: as PID 1 of a container (`docker stop`) it is ignored otherwise."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-
-
-def main(argv=None):
-    """`python -m ig65m.index.server INDEX_DIR [--host --port --threads --omp-threads]`, the bearer
-    token from $IG65M_TOKEN: the lean process `index-serve` hands over to (no torch imported)."""
-    parser = argparse.ArgumentParser(prog="ig65m.index.server")
-    parser.add_argument("index_dir")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--omp-threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    try:
-        serve(args.index_dir, host=args.host, port=args.port, threads=args.threads,
-              token=os.environ.get("IG65M_TOKEN") or None, omp_threads=args.omp_threads)
-    except OSError as err:
-        print(f"error: cannot listen on {args.host}:{args.port} ({err.strerror or err})",
-              file=sys.stderr)
-        sys.exit(2)
-    except Ig65mError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
