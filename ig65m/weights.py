@@ -231,14 +231,22 @@ def load_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or hostile file
-        raise Ig65mError(f"cannot load weights from {path}: it is {describe_file(path)}, expected "
-                         f"a PyTorch state_dict ({str(err).splitlines()[0]})") from None
+        what = describe_file(path)
+        # torch's own reason helps only for what could be a torch file (a ZIP or a pickle)
+        reason = f" ({_first_line(err)})" if what.startswith(("a ZIP", "a pickle")) else ""
+        raise Ig65mError(f"cannot load weights from {path}: it is {what}; expected a PyTorch "
+                         f"state_dict (.pth){reason}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise Ig65mError(f"{path} does not hold a state_dict of tensors (it holds "
                          f"{type(state).__name__}); expected a PyTorch state_dict")
     return state
+
+
+def _first_line(err):
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 _MAGIC = ((b"PK\x03\x04", "a ZIP archive"), (b"\x80", "a pickle"), (b"\x93NUMPY", "a .npy array"),

@@ -18,6 +18,7 @@ import numpy as np
 from ig65m.convert.shapes import on_meta
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
+from ig65m.weights import describe_file
 
 _ARRAY_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
 _SCALAR = np.float32(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
@@ -76,6 +77,8 @@ def load_caffe2_blobs(path):
         with path.open("rb") as stream:
             _check_pickle_start(stream, path)
             content = _NumpyOnlyUnpickler(stream, encoding="latin1").load()
+    except Ig65mError:
+        raise
     except _Refused as err:
         raise Ig65mError(f"refusing to load {path}: it asks for {err}, which a Caffe2 weights "
                          f"pickle never needs (possibly hostile); nothing in it was run") from None
@@ -103,8 +106,8 @@ def _check_pickle_start(stream, path):
     if not first:
         raise Ig65mError(f"{path} is empty (truncated?); not a Caffe2 weights pickle")
     if first not in _PICKLE_STARTS:
-        raise Ig65mError(f"{path} is not a pickle (it starts with byte {first!r}); expected a "
-                         f"Caffe2 weights pickle (.pkl)")
+        raise Ig65mError(f"{path} is not a pickle (it starts with byte {first!r}: "
+                         f"{describe_file(path)}); expected a Caffe2 weights pickle (.pkl)")
     stream.seek(0)
 
 
