@@ -14,6 +14,9 @@ import numpy as np
 from ig65m.errors import Ig65mError
 
 # ffmpeg input formats that capture live: they never end by themselves
+# File suffixes taken as videos when a folder is searched (extract --output-dir, datasets).
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg",
+                            ".flv", ".wmv", ".ogv", ".3gp", ".ts"})
 LIVE_FORMATS = frozenset({"v4l2", "video4linux2", "lavfi", "avfoundation", "dshow", "x11grab",
                           "gdigrab", "kmsgrab", "decklink"})
 # A file whose decoded frames cover less than this part of its stated duration is truncated.

@@ -128,6 +128,7 @@ def test_live_source_until_max_clips_or_duration(tmp_path, weights):
     result = run(*LAVFI, tmp_path / "f.npy", "--weights", weights, "--model", MODEL, *SMALL,
                  "--max-clips", "3")
     assert result.exit_code == 0, result.output
+    assert "extract --format is now --input-format" in result.stderr
     assert np.load(tmp_path / "f.npy").shape == (3, 512)
     result = run("--input-format", *LAVFI[1:], tmp_path / "g.npy", "--weights", weights,
                  "--model", MODEL, *SMALL, "--duration", "1")

@@ -12,10 +12,8 @@ from ig65m.errors import Ig65mError
 from ig65m.extract import BACKENDS, Extractor
 from ig65m.labels import labels_for
 from ig65m.models import get_spec
-from ig65m.video import check_source
+from ig65m.video import VIDEO_SUFFIXES, check_source
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
-                  ".wmv", ".ts", ".3gp", ".ogv"}
 def _expand(paths, from_list):
     """Sources: files as given, folders searched for videos, plus the lines of --from-list."""
     sources = []
@@ -70,9 +68,10 @@ def _jobs(paths, output_dir, from_list):
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--tail", type=click.Choice(["pad", "drop"]), default="pad", show_default=True,
               help="Pad the last partial clip by repeating its last frame, or drop it.")
-@click.option("--format", "--input-format", "input_format", default=None,
-              help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source); "
-                   "--input-format is the same option under classify's name.")
+@click.option("--input-format", "input_format", default=None,
+              help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source).")
+@click.option("--format", "old_input_format", default=None, hidden=True,
+              help="The old spelling of --input-format (--format means the output elsewhere).")
 @click.option("--input-option", multiple=True, metavar="KEY=VALUE",
               help="ffmpeg input option, e.g. video_size=640x480 (repeatable).")
 @click.option("--labels", is_flag=False, flag_value="published", default=None, metavar="[FILE]",
@@ -81,13 +80,17 @@ def _jobs(paths, output_dir, from_list):
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--onnx", type=click.Path(dir_okay=False), default=None,
               help="ONNX model for --backend onnxruntime (default: export the model to the cache).")
-def extract(paths, output_dir, from_list, overwrite, input_format, input_option, labels, backend,
-            onnx, **options):
+def extract(paths, output_dir, from_list, overwrite, input_format, old_input_format, input_option,
+            labels, backend, onnx, **options):
     """Extract per-clip features: `extract VIDEO FEATURES.npy`, or many videos with --output-dir.
 
-    VIDEO is a file, a camera such as /dev/video0, or any ffmpeg input with --format (e.g.
-    `--format lavfi testsrc=size=320x240:rate=30`). Prints one JSON line per video written.
+    VIDEO is a file, a camera such as /dev/video0, or any ffmpeg input with --input-format (e.g.
+    `--input-format lavfi testsrc=size=320x240:rate=30`). Prints one JSON line per video written.
     """
+    if old_input_format is not None:
+        click.echo("warning: extract --format is now --input-format (--format names the output "
+                   "format in the other commands); the old spelling still works for now", err=True)
+        input_format = input_format or old_input_format
     jobs = _jobs(paths, output_dir, from_list)
     model_kwargs, run_kwargs = split_model_options(options)
     run_kwargs.update(format=input_format, input_options=parse_input_options(input_option))

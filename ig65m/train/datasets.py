@@ -28,12 +28,10 @@ from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
 from ig65m.train import sampling
-from ig65m.video import read_frames
+from ig65m.video import VIDEO_SUFFIXES, read_frames
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg",
-                            ".flv", ".wmv", ".ogv", ".3gp", ".ts"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
