@@ -74,7 +74,8 @@ def classify_clips(extractor, source, labels, *, top=5, **batch_options):
     max_clips, duration, format, input_options).
     """
     tally = ClipLabels(labels, top)
-    for batch in extractor.batches(source, **batch_options):
+    batches = extractor.batches(source, **batch_options)
+    for batch in extractor.progress_bar(batches, source, batch_options):
         yield from tally.add(batch)
     if tally.count == 0:
         raise Ig65mError(f"{source} gave no clips to classify")

@@ -81,3 +81,14 @@ def _make_clip(window, clip_frames, period):
     images = [frame.image for frame in window]
     images += [images[-1]] * (clip_frames - len(images))
     return Clip(np.stack(images), window[0].time, window[-1].time + period)
+
+
+def expected_clips(frames, *, clip_frames, step=None, tail="pad", frame_stride=1):
+    """How many clips `clip_windows` makes of `frames` frames (for progress totals)."""
+    taken = -(-frames // frame_stride)
+    step = step or clip_frames
+    if taken < clip_frames:
+        return 1 if tail == "pad" and taken > 0 else 0
+    full = (taken - clip_frames) // step + 1
+    covered = max((full - 1) * step + clip_frames, full * step)  # frames seen by the full clips
+    return full + (1 if tail == "pad" and taken > covered else 0)

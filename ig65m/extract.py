@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ig65m.clips import clip_windows, resample_fps
+from ig65m.clips import clip_windows, expected_clips, resample_fps
 from ig65m.defaults import BACKENDS
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder, run_torch
@@ -25,7 +25,7 @@ from ig65m.flow import flow_frames
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
-from ig65m.video import is_live, read_frames
+from ig65m.video import is_live, probe, read_frames
 
 CLIP_OPTIONS = ("frame_size", "clip_frames", "step", "fps", "crop_size", "frame_stride")
 _QUEUE_BATCHES = 2  # batches prepared ahead of the model: enough to hide decoding, little memory
@@ -132,7 +132,7 @@ class Extractor:
     def features(self, source, **options):
         """All features of `source` in memory -> (float32 (N, D), meta as in the sidecar)."""
         rows, times = [], []
-        for batch in self._progress(self.batches(source, **options), source):
+        for batch in self.progress_bar(self.batches(source, **options), source, options):
             rows.append(batch.features)
             times.extend(batch.times.tolist())
         features = np.concatenate(rows).astype(np.float32, copy=False)
@@ -149,7 +149,8 @@ class Extractor:
         times, interrupted = [], False
         with FeatureWriter(output) as writer:
             try:
-                for batch in self._progress(self.batches(source, format=format, **options), source):
+                batches = self.batches(source, format=format, **options)
+                for batch in self.progress_bar(batches, source, dict(options, format=format)):
                     writer.write(batch.features)
                     times.extend(batch.times.tolist())
                     if on_batch is not None:
@@ -163,12 +164,29 @@ class Extractor:
             writer.commit(meta)
         return meta
 
-    def _progress(self, batches, source):
-        with tqdm(desc=str(source), unit="clip", disable=not self.progress, file=sys.stderr,
-                  leave=False) as bar:
+    def progress_bar(self, batches, source, options):
+        """`batches`, counted on a clip bar whose total comes from the file's stated duration."""
+        total = self.expected_clips(source, options) if self.progress else None
+        with tqdm(desc=str(source), unit="clip", total=total, disable=not self.progress,
+                  file=sys.stderr, leave=False) as bar:
             for batch in batches:
                 bar.update(len(batch.features))
                 yield batch
+
+    def expected_clips(self, source, options):
+        """Clips `source` will give with these options, from its stated duration and frame rate
+        (None for a live source or a file that states neither)."""
+        duration, rate = probe(source, format=options.get("format"),
+                               options=options.get("input_options"))
+        if duration is None or not rate:
+            return None
+        settings = self.settings(**{key: options.get(key) for key in CLIP_OPTIONS},
+                                 tail=options.get("tail") or "pad")
+        seconds = min(duration, options.get("duration") or duration)
+        frames = max(round(seconds * (settings.fps or rate)) - (settings.modality == "flow"), 0)
+        count = expected_clips(frames, clip_frames=settings.clip_frames, step=settings.step,
+                               tail=settings.tail, frame_stride=settings.frame_stride)
+        return min(count, options.get("max_clips") or count)
 
     def metadata(self, source, times, options):
         """The sidecar of a features file (see ig65m.fileio)."""

@@ -110,13 +110,30 @@ def _frame_period(stream):
     return float(1 / rate) if rate else 0.0
 
 
+def _stated_duration(container, stream):
+    """Seconds the file says its video lasts (stream, else container), or None."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def probe(source, *, format=None, options=None):
+    """(stated duration in seconds, frame rate) of a file without decoding it; (None, None) for a
+    live source or where the file does not say."""
+    if is_live(source, format):
+        return None, None
+    container, stream = open_container(source, format=format, options=options)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate
+        return _stated_duration(container, stream), float(rate) if rate else None
+
+
 def _check_complete(source, container, stream, last_time):
     """Raise if the frames stop well before the duration the file states (a cut-off download)."""
-    if stream.duration is not None and stream.time_base is not None:
-        stated = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        stated = container.duration / av.time_base
-    else:
+    stated = _stated_duration(container, stream)
+    if stated is None:
         return
     covered = last_time + _frame_period(stream)
     if stated > 1.0 and covered < _COMPLETE_FRACTION * stated:

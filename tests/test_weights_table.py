@@ -231,3 +231,34 @@ def test_extraction_uses_the_rows_frame_stride(tmp_path):
     assert meta["frame_stride"] == 2 and meta["clip_frames"] == 8
     assert len(meta["clips"]) == 2 and meta["clips"][0] == pytest.approx([0.0, 16 / 12], abs=2e-3)
     assert features.shape == (2, 3)
+
+
+# --- progress totals -------------------------------------------------------------------------------
+
+def test_expected_clips_counts_what_the_windows_make():
+    from ig65m.clips import expected_clips
+    from ig65m.video import Frame
+
+    for frames in (0, 1, 5, 8, 9, 16, 17, 40, 63, 64, 65):
+        for clip_frames, step, stride in ((8, 8, 1), (8, 4, 1), (4, 8, 1), (32, 32, 2), (4, 3, 3)):
+            for tail in ("pad", "drop"):
+                stream = (Frame(np.zeros((1, 1, 3), np.uint8), i / 10) for i in range(frames))
+                made = sum(1 for _ in clip_windows(stream, clip_frames=clip_frames, step=step,
+                                                   tail=tail, frame_stride=stride))
+                assert expected_clips(frames, clip_frames=clip_frames, step=step, tail=tail,
+                                      frame_stride=stride) == made, (frames, clip_frames, step,
+                                                                     stride, tail)
+
+
+def test_extract_bar_total_comes_from_the_stated_duration(tmp_path):
+    from ig65m.extract import Extractor
+    from tests.finetune_helpers import ColourProbe, registered
+
+    lossless_video(tmp_path / "v.mkv", frames=30, fps=10)
+    with registered("counted_probe", ColourProbe, num_classes=3, family="test") as spec:
+        extractor = Extractor(spec.name, "random", progress=False)
+        assert extractor.expected_clips(tmp_path / "v.mkv", {}) == 4  # 8 + 8 + 8 + 6 padded
+        assert extractor.expected_clips(tmp_path / "v.mkv", {"step": 4, "max_clips": 5}) == 5
+        assert extractor.expected_clips(tmp_path / "v.mkv", {"duration": 1.0}) == 2
+        features, _ = extractor.features(tmp_path / "v.mkv")
+    assert len(features) == 4
