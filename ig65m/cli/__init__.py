@@ -41,8 +41,29 @@ def short_help(name, limit=45):
         tree = ast.parse(stream.read())
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == attribute:
-            return click.utils.make_default_short_help(ast.get_docstring(node) or "", limit)
+            return _short(ast.get_docstring(node) or "", limit)
     return ""
+
+
+def _short(text, limit):
+    """The first sentence of `text`'s first paragraph, cut to `limit` with "..." (as click's
+    own short help, whose helper is deprecated)."""
+    words = text.split("\n\n")[0].split()
+    length = -1
+    for index, word in enumerate(words):
+        length += len(word) + 1
+        if length > limit:
+            break
+        if word.endswith("."):
+            return " ".join(words[:index + 1])
+    else:
+        return " ".join(words)
+    kept = []
+    for word in words:
+        if len(" ".join(kept + [word])) + 3 > limit:
+            break
+        kept.append(word)
+    return " ".join(kept) + "..."
 
 
 class _LazyGroup(click.Group):
