@@ -9,7 +9,6 @@ stopped). Every `every` frames a prediction of everything seen so far is yielded
 per-frame latency (preprocessing + model) of those frames; the last record is the whole video.
 """
 
-import itertools
 import os
 import time
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ig65m.clips import resample_fps
-from ig65m.errors import Ig65mError
+from ig65m.clips import source_frames
 from ig65m.device import resolve_device
+from ig65m.errors import Ig65mError
 from ig65m.models import get_model
-from ig65m.stream import StreamRunner
 from ig65m.preprocess import resolve as resolve_preprocess
+from ig65m.stream import StreamRunner
 from ig65m.transforms import transform_for
-from ig65m.video import read_frames
 from ig65m.weights import cache_dir
 
 
@@ -136,7 +134,8 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
     if every < 1 or top < 1:
         raise Ig65mError("--every and --top must be positive")
     crop_size = settings.crop_size
-    frames = _frames(source, settings, duration, format, input_options)
+    frames = source_frames(source, settings, duration=duration, format=format,
+                           input_options=input_options)
     transform = transform_for(settings)
     if backend == "onnxruntime" and onnx is None:
         onnx = _cached_stream_onnx(spec, weights_sha256, crop_size)
@@ -158,14 +157,6 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
            "top": top_k(softmax(logits), labels, top),
            "latency_ms": round(1e3 * latency.total / latency.frames, 3),
            "latency_max_ms": round(1e3 * latency.worst, 3), "rss_mb": _rss_mb()}
-
-
-def _frames(source, settings, duration, format, input_options):
-    frames = read_frames(source, frame_size=settings.frame_size, format=format,
-                         options=input_options)
-    if duration is not None:
-        frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-    return resample_fps(frames, settings.fps) if settings.fps else frames
 
 
 def _cached_stream_onnx(spec, weights_sha256, crop_size):

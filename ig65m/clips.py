@@ -9,7 +9,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from ig65m.video import Frame
+from ig65m.video import Frame, read_frames
 
 TAILS = ("pad", "drop")
 _EPS = 1e-6
@@ -46,6 +46,16 @@ def resample_fps(frames, fps) -> Iterator[Frame]:
     while previous is not None and (index == 0 or origin + index * period < previous.time + shown - _EPS):
         yield Frame(previous.image, origin + index * period)
         index += 1
+
+
+def source_frames(source, settings, *, duration=None, format=None, input_options=None):
+    """The frames a model sees of `source`: decoded at `settings.frame_size`, cut at `duration`
+    seconds, resampled to `settings.fps` when set (a resolved `ig65m.preprocess.Preprocess`)."""
+    frames = read_frames(source, frame_size=settings.frame_size, format=format,
+                         options=input_options)
+    if duration is not None:
+        frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
+    return resample_fps(frames, settings.fps) if settings.fps else frames
 
 
 def clip_windows(frames, *, clip_frames, step=None, tail="pad", frame_stride=1) -> Iterator[Clip]:

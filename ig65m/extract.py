@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ig65m.clips import clip_windows, expected_clips, resample_fps
+from ig65m.clips import clip_windows, expected_clips, source_frames
 from ig65m.defaults import BACKENDS
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder, run_torch
@@ -25,7 +25,7 @@ from ig65m.flow import flow_frames
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
-from ig65m.video import is_live, probe, read_frames
+from ig65m.video import is_live, probe
 
 CLIP_OPTIONS = ("frame_size", "clip_frames", "step", "fps", "crop_size", "frame_stride")
 _QUEUE_BATCHES = 2  # batches prepared ahead of the model: enough to hide decoding, little memory
@@ -117,12 +117,8 @@ class Extractor:
                 yield Batch(logits, features, times)
 
     def _clips(self, source, settings, max_clips, duration, format, input_options):
-        frames = read_frames(source, frame_size=settings.frame_size, format=format,
-                             options=input_options)
-        if duration is not None:
-            frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-        if settings.fps:
-            frames = resample_fps(frames, settings.fps)
+        frames = source_frames(source, settings, duration=duration, format=format,
+                               input_options=input_options)
         if settings.modality == "flow":
             frames = flow_frames(frames)
         clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,

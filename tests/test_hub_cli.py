@@ -46,8 +46,11 @@ def test_console_scripts_are_the_group_commands():
 
 
 def test_light_commands_start_without_torch():
+    """semcode and index-serve, and (issue 14) `ig65m --help` and `ig65m models`."""
     code = ("import sys; from click.testing import CliRunner; from ig65m.cli import main; "
             "[CliRunner().invoke(main, [name, '--help']) for name in ('semcode', 'index-serve')]; "
+            "assert all(CliRunner().invoke(main, args).exit_code == 0 "
+            "for args in (['--help'], ['models'])); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -15,26 +15,20 @@ from ig65m.models.loading import load_weights
 COUNTER = "num_batches_tracked"
 
 
-def _zeros_state_dict(name):
-    """Every tensor of model `name` as zeros, built from meta shapes (no random init)."""
+def _zeros_and_batch_norms(name):
+    """Every tensor of model `name` as zeros (from meta shapes: no random init) and the names of
+    its BatchNorm modules."""
     spec = get_spec(name)
     with torch.device("meta"):
         model = spec.builder(num_classes=spec.weights.num_classes)
-    return {key: torch.zeros(value.shape, dtype=value.dtype) for key, value in
-            model.state_dict().items()}
-
-
-def _batch_norm_modules(name):
-    spec = get_spec(name)
-    with torch.device("meta"):
-        model = spec.builder(num_classes=spec.weights.num_classes)
-    return [module_name for module_name, module in model.named_modules()
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    state = {key: torch.zeros(value.shape, dtype=value.dtype)
+             for key, value in model.state_dict().items()}
+    return state, [module_name for module_name, module in model.named_modules()
+                   if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _variants(name):
-    state = _zeros_state_dict(name)
-    bn = _batch_norm_modules(name)
+    state, bn = _zeros_and_batch_norms(name)
     assert bn, name
     with_counters = dict(state, **{f"{module}.{COUNTER}": torch.tensor(7) for module in bn})
     without = {key: value for key, value in state.items() if not key.endswith(COUNTER)}

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ig65m.convert.shapes import on_meta
+from ig65m.convert.shapes import fit_problems, on_meta
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
 from ig65m.weights import describe_file
@@ -233,7 +233,7 @@ def r2plus1d_34_state_dict(blobs, num_classes, *, build):
     model = on_meta(build, num_classes)
     expected = model.state_dict()
     names = r2plus1d_34_blob_names(model, num_classes)
-    problems = _fit_problems(blobs, names, expected)
+    problems = fit_problems(blobs, names, expected, kind="blob")
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6
                                            else "")
@@ -246,20 +246,3 @@ def r2plus1d_34_state_dict(blobs, num_classes, *, build):
         else:
             state[key] = torch.zeros((), dtype=tensor.dtype)
     return state
-
-
-def _fit_problems(blobs, names, expected):
-    """One line per missing, extra, wrongly shaped or non-float blob."""
-    problems = []
-    for key, blob in names.items():
-        want = tuple(expected[key].shape)
-        if blob not in blobs:
-            problems.append(f"missing blob {blob} (for {key}, shape {want})")
-        elif blobs[blob].shape != want:
-            problems.append(f"blob {blob} has shape {blobs[blob].shape}, {key} needs {want}")
-        elif blobs[blob].dtype.kind != "f":
-            problems.append(f"blob {blob} is {blobs[blob].dtype}, {key} needs floats")
-    used = set(names.values())
-    problems += [f"extra blob {name} (shape {blobs[name].shape}) fits no tensor"
-                 for name in sorted(blobs) if name not in used]
-    return problems

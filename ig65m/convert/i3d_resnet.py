@@ -11,8 +11,8 @@ Blob names (as Tushar-N/pytorch-resnet3d maps them): `conv1_w`, `res_conv1_bn_{s
 
 import numpy as np
 
-from ig65m.convert.caffe2 import _fit_problems, load_caffe2_blobs
-from ig65m.convert.shapes import on_meta
+from ig65m.convert.caffe2 import load_caffe2_blobs
+from ig65m.convert.shapes import fit_problems, on_meta
 from ig65m.errors import Ig65mError
 
 TRAINING_STATE = ("model_iter", "lr")
@@ -71,7 +71,7 @@ def i3d_resnet_state_dict(blobs, num_classes=None, *, build):
         num_classes = int(params["pred_w"].shape[0]) if "pred_w" in params else 400
     expected = on_meta(build, num_classes).state_dict()
     names = i3d_resnet_blob_names(expected)
-    problems = _fit_problems(params, names, expected)
+    problems = fit_problems(params, names, expected, kind="blob")
     if problems:
         shown = "; ".join(problems[:6])
         more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ig65m.convert.shapes import on_meta
+from ig65m.convert.shapes import fit_problems, on_meta
 from ig65m.errors import Ig65mError
 
 STEM = (("conv3d_1a_7x7", "Conv3d_1a_7x7"), ("conv3d_2b_1x1", "Conv3d_2b_1x1"),
@@ -101,7 +101,9 @@ def tf_i3d_state_dict(variables, num_classes=None, *, build, scope=None):
     prefix = find_scope(variables, scope)
     names = {key: prefix + name for key, name in tf_variable_names().items()}
     expected = _expected_from(variables, names, build)
-    problems = _problems(variables, names, expected, prefix)
+    problems = fit_problems(variables, names, expected, kind="variable", layout=_to_torch_layout,
+                            ignore=lambda name: _is_training_state(name) or not name.startswith(prefix),
+                            note=" (after the TF -> torch transpose)")
     if problems:
         raise Ig65mError("the TensorFlow variables do not fit I3D Inception-v1: "
                          + _shown(problems))
@@ -120,26 +122,6 @@ def _expected_from(variables, names, build):
     bias = variables.get(names["conv3d_0c_1x1.conv3d.bias"])
     classes = int(bias.shape[-1]) if bias is not None and bias.ndim >= 1 else 400
     return on_meta(build, classes).state_dict()
-
-
-def _problems(variables, names, expected, prefix):
-    problems = []
-    for key, name in names.items():
-        want = tuple(expected[key].shape)
-        if name not in variables:
-            problems.append(f"missing variable {name} (for {key}, shape {want})")
-            continue
-        got = tuple(np.shape(variables[name]))
-        if tuple(_to_torch_layout(key, np.empty(got, dtype=np.float32)).shape) != want:
-            problems.append(f"variable {name} has shape {got}, {key} needs {want} "
-                            f"(after the TF -> torch transpose)")
-    used = set(names.values())
-    for name in sorted(variables):
-        if name in used or _is_training_state(name) or not name.startswith(prefix):
-            continue
-        problems.append(f"extra variable {name} (shape {tuple(np.shape(variables[name]))}) "
-                        f"fits no tensor")
-    return problems
 
 
 def _is_training_state(name):
