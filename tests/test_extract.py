@@ -190,7 +190,7 @@ def _start(args, cwd):
     def watch():
         for chunk in iter(lambda: process.stderr.read(1), ""):
             log.append(chunk)
-            if re.search(r"[1-9]\d*clip", "".join(log[-200:])):
+            if re.search(r"\b[1-9]\d*(clip|/\d+ )", "".join(log[-200:])):  # "5clip" or "5/225 [..."
                 seen.set()
 
     threading.Thread(target=watch, daemon=True).start()

@@ -1,5 +1,6 @@
 """semcode: arrays computed from features, pictures drawn from them, and every bad input."""
 
+import json
 import time
 
 import numpy as np
@@ -240,7 +241,8 @@ def _bad_inputs(tmp_path):
     nan[3, 5], inf[11, 63] = np.nan, -np.inf
     write(tmp_path / "nan.npy", nan)
     write(tmp_path / "inf.npy", inf)
-    write(tmp_path / "clips.npy", random_features(), clips=[[0, 1]] * 5)
+    write(tmp_path / "clips.npy", random_features())  # a sidecar that does not fit its features
+    (tmp_path / "clips.json").write_text(json.dumps({"clips": [[0, 1]] * 5}))
     (tmp_path / "folder.png").mkdir()
     out = tmp_path / "out.png"
     return {
