@@ -2,13 +2,16 @@
 
     python benchmarks/extract.py                      # the issue's settings (slow on 2 CPU cores)
     python benchmarks/extract.py --clips 24 --rss-minutes 1 10 --rss-crop 32
+    python benchmarks/extract.py --clips 0 --rss-minutes 0.5 2 --rss-crop 32   # memory only
 
-1. Throughput: the same video's clips are decoded and preprocessed once into memory, then the
+1. Throughput: the same 480p video's clips are decoded and preprocessed once into memory, then the
    model alone runs on those batches; the full pipeline (decode + window + preprocess in the
-   background thread + model) runs on the same video. Rounds alternate so both see the same
-   machine load; the figure is end-to-end clips/s over model-only clips/s.
-2. Memory: `extract` runs in a fresh process on a 1-minute and a 10-minute 480p video and
-   reports each process's peak RSS (ru_maxrss).
+   background thread + model) runs on the same video. One warm-up call of each, then `--rounds`
+   alternating rounds (common.alternate); the figure is the median of the per-round ratios
+   end-to-end / model-only, with their min-max and the load average.
+2. Memory: `extract` runs in a fresh process on each `--rss-minutes` 480p video and writes its own
+   peak RSS (VmHWM) at exit; the script prints each, the growth from the shortest to the longest,
+   and the size of the longer video's extra features (what a growth would have to exceed to show).
 
 Random weights (pretrained ones cannot be downloaded here): speed and memory do not depend on them.
 """
@@ -25,6 +28,7 @@ import torch
 from common import alternate, load_average, report, summary, timed
 
 from ig65m.extract import Extractor, _batched
+from ig65m.models import get_spec
 from ig65m.sample import write_sample_video
 from ig65m.transforms import transform_for
 
@@ -104,7 +108,7 @@ def memory(folder, minutes, crop):
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         growth = last["peak_rss_mib"] - first["peak_rss_mib"]
-        features_mib = (last["clips"] - first["clips"]) * 512 * 4 / 2**20
+        features_mib = (last["clips"] - first["clips"]) * get_spec(MODEL).feature_dim * 4 / 2**20
         print(json.dumps({"rss_growth": {
             "mib": round(growth, 1), "percent": round(100 * growth / first["peak_rss_mib"], 2),
             "clips": [first["clips"], last["clips"]],
