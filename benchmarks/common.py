@@ -34,13 +34,17 @@ def timed(work, amount=1):
     return run
 
 
-def alternate(runners, rounds=5):
+def alternate(runners, rounds=5, warmup=False):
     """Run every runner once per round, the order reversed every other round.
 
     runners: {name: callable returning a rate}. Returns a list of rounds, each
-    {"rates": {name: rate}, "load": load average after the round}.
+    {"rates": {name: rate}, "load": load average after the round}. `warmup=True` first calls each
+    runner once, untimed (first calls pay for lazy initialisation, caches, thread pools).
     """
     names = list(runners)
+    if warmup:
+        for name in names:
+            runners[name]()
     results = []
     for index in range(rounds):
         order = names if index % 2 == 0 else names[::-1]
@@ -58,6 +62,18 @@ def median_spread(values):
 def ratios(rounds, name, baseline):
     """Per-round ratios rate[name] / rate[baseline], each from the same round."""
     return [r["rates"][name] / r["rates"][baseline] for r in rounds]
+
+
+def summary(rounds, name, baseline):
+    """The figures of `report` for one side as a dict (for JSON lines): the median rate with its
+    spread, the median per-round ratio to `baseline` with its spread, and the load range."""
+    rate, low, high = median_spread(r["rates"][name] for r in rounds)
+    ratio, rlow, rhigh = median_spread(ratios(rounds, name, baseline))
+    loads = [r["load"] for r in rounds]
+    return {"rate": round(rate, 4), "rate_min": round(low, 4), "rate_max": round(high, 4),
+            "ratio": round(ratio, 4), "ratio_min": round(rlow, 4), "ratio_max": round(rhigh, 4),
+            "rounds": len(rounds), "load_min": round(min(loads), 2),
+            "load_max": round(max(loads), 2), "cores": os.cpu_count()}
 
 
 def report(rounds, baseline, unit="/s"):

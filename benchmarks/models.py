@@ -6,9 +6,12 @@ over a long live stream.
     python benchmarks/models.py --models movinet_a0_base movinet_a0_stream --stream-minutes 1
 
 GFLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on the meta device (2 FLOPs per
-multiply-add, convolutions and matrix products only) for one clip. Throughput is batch 1, after one
-warm-up run (none when one run alone takes `--seconds`), for `--seconds` of timed runs (at least
-one) per model and backend. Stream models run
+multiply-add, convolutions and matrix products only) for one clip. Throughput is batch 1, the
+backends measured in `--rounds` alternating rounds (torch, ONNX Runtime, then the other way round)
+at the same thread count (`--threads`, default torch's), each measure one warm-up call (none when
+one call alone takes `--seconds`) then `--seconds` of timed calls (at least one). The table gives
+each backend's median clips/s with its min-max, the median of the per-round ratios ONNX Runtime /
+torch with its min-max, and the load average seen during the rounds. Stream models run
 `ig65m.classify.classify_stream` on a lavfi test source at the model's frame rate for
 `--stream-minutes` of video (`--stream-minutes-torch` for torch), in a fresh process per backend
 whose peak RSS (VmHWM) is the memory figure; the RSS after the first and the last prediction show whether memory grows.
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import alternate, summary
 from torch.utils.flop_counter import FlopCounterMode
 
 from ig65m.models.loading import count_parameters
@@ -40,11 +44,12 @@ def input_shape(spec, batch=1):
     return (batch, len(row.mean), row.clip_frames, row.crop_size, row.crop_size)
 
 
-def gflops(spec):
-    """GFLOPs of one clip at the default input, counted on the meta device (no compute)."""
+def gflops(spec, shape=None):
+    """GFLOPs of one clip at the default input (or `shape`, N C T H W), counted on the meta device
+    (no compute)."""
     with torch.device("meta"):
         model = spec.builder(num_classes=spec.weights.num_classes).eval()
-        clips = torch.empty(input_shape(spec))
+        clips = torch.empty(shape or input_shape(spec))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(clips)
@@ -75,15 +80,20 @@ def peak_rss_mb():
     return None
 
 
-def torch_throughput(spec, seconds):
+def torch_runner(spec, seconds):
+    """A runner (for `common.alternate`) returning torch clips/s at batch 1."""
     model, _ = get_model(spec.name, "random", progress=False)
     embedder = ClipEmbedder(model).eval()
     clips = torch.rand(input_shape(spec))
-    with torch.inference_mode():
-        return 1.0 / _timed(lambda: embedder(clips), seconds)
+
+    def run():
+        with torch.inference_mode():
+            return 1.0 / _timed(lambda: embedder(clips), seconds)
+    return run
 
 
-def onnx_throughput(spec, seconds, folder, threads=None):
+def onnx_runner(spec, seconds, folder, threads):
+    """A runner returning ONNX Runtime clips/s at batch 1, with `threads` intra-op threads."""
     from ig65m.convert.onnx import OnnxBackend, export_onnx
 
     model, _ = get_model(spec.name, "random", progress=False)
@@ -91,11 +101,35 @@ def onnx_throughput(spec, seconds, folder, threads=None):
     export_onnx(ClipEmbedder(model), path, clip_frames=spec.weights.clip_frames,
                 crop_size=spec.weights.crop_size)
     backend = OnnxBackend(path, threads=threads)
+    path.unlink()  # the session holds the model
     clips = torch.rand(input_shape(spec)).numpy()
-    try:
-        return 1.0 / _timed(lambda: backend(clips), seconds)
-    finally:
-        path.unlink(missing_ok=True)
+    return lambda: 1.0 / _timed(lambda: backend(clips), seconds)
+
+
+def throughput(spec, args, folder):
+    """Clips/s of each backend in alternating rounds at the same thread count, and the per-round
+    ratio of each to the first backend. A backend that fails is reported and left out."""
+    runners, row = {}, {}
+    for backend in args.backends:
+        try:
+            runners[backend] = (torch_runner(spec, args.seconds) if backend == "torch" else
+                                onnx_runner(spec, args.seconds, folder, args.threads))
+        except Exception as err:  # noqa: BLE001  (one model failing must not stop the table)
+            row[f"{backend}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+    if not runners:
+        return row
+    rounds = alternate(runners, rounds=args.rounds)
+    baseline = args.backends[0]
+    for backend in runners:
+        figures = summary(rounds, backend, baseline if baseline in runners else backend)
+        row[f"{backend}_clips_s"] = round(figures["rate"], 3)
+        row[f"{backend}_clips_s_spread"] = [round(figures["rate_min"], 3),
+                                            round(figures["rate_max"], 3)]
+        row[f"{backend}_frames_s"] = round(figures["rate"] * spec.weights.clip_frames, 1)
+        if backend != baseline and baseline in runners:
+            row[f"{backend}_ratio"] = [figures["ratio"], figures["ratio_min"], figures["ratio_max"]]
+        row["load"] = [figures["load_min"], figures["load_max"]]
+    return row
 
 
 def stream_child(name, backend, minutes, threads=None):
@@ -127,17 +161,8 @@ def stream_figures(name, backend, minutes, threads=None):
 
 def benchmark(spec, args, folder):
     row = {"model": spec.name, "input": "x".join(map(str, input_shape(spec)[2:])),
-           "params_m": round(count_parameters(spec) / 1e6, 2), "gflops": round(gflops(spec), 2)}
-    for backend, measure in (("torch", torch_throughput), ("onnxruntime", onnx_throughput)):
-        if backend in args.backends:
-            extra = (folder, args.threads) if backend == "onnxruntime" else ()
-            try:
-                clips_per_s = measure(spec, args.seconds, *extra)
-            except Exception as err:  # noqa: BLE001  (one model failing must not stop the table)
-                row[f"{backend}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-                continue
-            row[f"{backend}_clips_s"] = round(clips_per_s, 3)
-            row[f"{backend}_frames_s"] = round(clips_per_s * spec.weights.clip_frames, 1)
+           "params_m": round(count_parameters(spec) / 1e6, 2), "gflops": round(gflops(spec), 2),
+           "threads": args.threads, **throughput(spec, args, folder)}
     if spec.weights.stream:
         for backend in args.backends:
             minutes = args.stream_minutes_torch if backend == "torch" else args.stream_minutes
@@ -148,15 +173,23 @@ def benchmark(spec, args, folder):
 
 
 def markdown(rows, backends):
-    head = ["model", "input T x H x W", "params", "GFLOPs"]
+    head = ["model", "input T x H x W", "params", "GFLOPs", "threads"]
     for backend in backends:
-        head += [f"{backend} clips/s", f"{backend} frames/s"]
+        head += [f"{backend} clips/s (min-max)", f"{backend} frames/s"]
+    head += [f"{backend} / {backends[0]} (min-max)" for backend in backends[1:]] + ["load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [f"`{row['model']}`", row["input"].replace("x", " x "), f"{row['params_m']}M",
-                 str(row["gflops"])]
+                 str(row["gflops"]), str(row["threads"])]
         for backend in backends:
-            cells += [str(row.get(f"{backend}_clips_s", "")), str(row.get(f"{backend}_frames_s", ""))]
+            rate, spread = row.get(f"{backend}_clips_s"), row.get(f"{backend}_clips_s_spread")
+            cells += [f"{rate} ({spread[0]}-{spread[1]})" if rate else "",
+                      str(row.get(f"{backend}_frames_s", ""))]
+        for backend in backends[1:]:
+            ratio = row.get(f"{backend}_ratio")
+            cells.append(f"{ratio[0]:.2f} ({ratio[1]:.2f}-{ratio[2]:.2f})" if ratio else "")
+        load = row.get("load")
+        cells.append(f"{load[0]:.1f}-{load[1]:.1f}" if load else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -181,18 +214,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=None, help="default: every registered one")
     parser.add_argument("--backends", nargs="*", default=["torch", "onnxruntime"])
-    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measure")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="timed seconds per backend per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per model")
     parser.add_argument("--stream-minutes", type=float, default=10.0,
                         help="stream length for ONNX Runtime (and the child process)")
     parser.add_argument("--stream-minutes-torch", type=float, default=10.0,
                         help="stream length for torch (slower: shorten on shared cores)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch and ONNX Runtime threads (default: all cores)")
+                        help="torch and ONNX Runtime threads, the same for both (default: "
+                             "torch's default, all cores)")
     parser.add_argument("--stream-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = args.threads or torch.get_num_threads()  # one count for every backend
+    torch.set_num_threads(args.threads)
     if args.stream_child:
         return stream_child(args.stream_child, args.backend, args.stream_minutes, args.threads)
     specs = [get_spec(name) for name in args.models] if args.models else list_models()
