@@ -47,6 +47,7 @@ setup(
             "index-build = ig65m.cli.index:index_build",
             "index-serve = ig65m.cli.index:index_serve",
             "index-query = ig65m.cli.index:index_query",
+            "dreamer = ig65m.cli.dreamer:dreamer",
         ],
     },
 )

@@ -33,7 +33,8 @@ def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=
     """Encode an iterable of RGB uint8 frames (H, W, 3) into `path`, atomically.
 
     `fps` may be a Fraction (e.g. Fraction(981, 50)); use codec "libx264rgb" with
-    options {"crf": "0"} for lossless frames that tests can compare exactly.
+    options {"crf": "0"} for lossless frames that tests can compare exactly, codec "gif" with
+    pix_fmt "pal8" for an animated GIF.
     """
     frames = iter(frames)
     first = next(frames)
@@ -45,10 +46,26 @@ def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=
             stream.pix_fmt = pix_fmt or ("rgb24" if codec == "libx264rgb" else "yuv420p")
             stream.options = dict(options or {})
             for frame in _chain(first, frames):
-                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                container.mux(stream.encode(picture))
+                container.mux(stream.encode(_video_frame(frame, stream.pix_fmt)))
             container.mux(stream.encode(None))
     return path
+
+
+def _video_frame(frame, pix_fmt):
+    """RGB uint8 (H, W, 3) -> av.VideoFrame; for "pal8" (GIF) quantised to the frame's own 256
+    colours by Pillow (median cut, no dithering: the same frame always gives the same bytes)."""
+    frame = np.ascontiguousarray(frame)
+    if pix_fmt != "pal8":
+        return av.VideoFrame.from_ndarray(frame, format="rgb24")
+    from PIL import Image  # matplotlib's dependency; needed for GIF only
+
+    image = Image.fromarray(frame).quantize(256, method=Image.Quantize.MEDIANCUT,
+                                            dither=Image.Dither.NONE)
+    colours = np.asarray(image.getpalette()[:768], np.uint8).reshape(-1, 3)
+    palette = np.zeros((256, 4), np.uint8)  # ARGB
+    palette[:, 0] = 255
+    palette[:len(colours), 1:] = colours
+    return av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
 
 
 def _chain(first, rest):
@@ -58,7 +75,8 @@ def _chain(first, rest):
 
 def _format_of(path):
     suffix = str(path).rsplit(".", 1)[-1].lower()
-    return {"mkv": "matroska", "mp4": "mp4", "avi": "avi", "mov": "mov", "webm": "webm"}.get(suffix)
+    return {"mkv": "matroska", "mp4": "mp4", "avi": "avi", "mov": "mov", "webm": "webm",
+            "gif": "gif"}.get(suffix)
 
 
 def write_sample_video(path, *, seconds=10.0, width=320, height=240, fps=30, **kwargs):
