@@ -39,7 +39,7 @@ OUTPUTS = (".gif", ".mp4", ".png")
 OCTAVE_SCALE = 1.4
 MIN_SIDE = 32  # smallest octave side: smaller clips vanish inside the network
 _JITTER = 28  # random shifts of up to short side / _JITTER pixels per step
-_SHEET_FRAMES = 4
+_SHEET_FRAMES = 6
 _GAP = 4  # pixels between sheet frames
 
 

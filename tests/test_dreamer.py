@@ -134,7 +134,7 @@ def test_mp4_covers_start_and_duration_and_png_shows_source_over_dream(one_threa
     result = dream(video, tmp_path / "d.png", "--duration", "1")
     assert result.exit_code == 0, result.output
     sheet = Image.open(tmp_path / "d.png")
-    assert sheet.size == (4 * 42 + 3 * 4, 2 * 32 + 4)
+    assert sheet.size == (6 * 42 + 5 * 4, 2 * 32 + 4)
 
 
 BAD = {
