@@ -22,6 +22,7 @@ setup(
         "requests",
         "click",
         "matplotlib",
+        "pillow",  # GIF frames and PNG contact sheets (dreamer); matplotlib needs it anyway
         "tqdm",
     ],
     extras_require={

@@ -104,7 +104,7 @@ def test_list_layers_names_shapes():
 
 def dream(video, out, *extra):
     return CliRunner().invoke(main, ["dreamer", str(video), str(out), "--model", MODEL,
-                                     "--weights", WEIGHTS, "--layer", "layer1", "--steps", "2",
+                                     "--weights", WEIGHTS, "--layer", "layer1", "--steps", "1",
                                      "--frame-size", "32", *map(str, extra)])
 
 
