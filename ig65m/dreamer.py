@@ -367,7 +367,7 @@ def evenly_spaced(items, count, spare=8):
 
 def write_sheet(path, pairs, count=_SHEET_FRAMES):
     """`count` evenly spaced (original, dreamt) pairs side by side as a PNG: sources above, dreams
-    below, on white."""
+    below, on white, in 256 colours (a third of the bytes of full colour)."""
     from PIL import Image  # matplotlib's dependency
 
     chosen = evenly_spaced(pairs, count)
@@ -378,5 +378,7 @@ def write_sheet(path, pairs, count=_SHEET_FRAMES):
         sheet[:height, left:left + width] = original
         sheet[height + _GAP:, left:left + width] = dreamt
     with atomic_path(path) as tmp:
-        Image.fromarray(sheet).save(tmp, format="PNG", optimize=True)
+        picture = Image.fromarray(sheet).quantize(256, method=Image.Quantize.MEDIANCUT,
+                                                  dither=Image.Dither.NONE)
+        picture.save(tmp, format="PNG", optimize=True)
     return path

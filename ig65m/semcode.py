@@ -4,17 +4,19 @@ Pure functions turn features (N clips, D dimensions) into the arrays to draw:
 
 - `strip_image`: the original tool's barcode, RGB (D, M, 3): time along x, feature dimensions along
   y, saturation of one hue = activation;
-- `self_similarity`: the clip-by-clip cosine self-similarity matrix (M, M);
+- `self_similarity`: the clip-by-clip cosine self-similarity matrix (M, M), of the features minus
+  their mean over the video by default (raw cosines of one video's clips are all close to 1);
 - `principal_components`: the first three principal components over time (M, 3), and `pca_band`,
   the same as an RGB colour band (1, M, 3).
 
+`ig65m.timeline` adds scene boundaries and a row of the video's frames along the time axis.
 `draw` lays them out in a matplotlib `Figure` (no pyplot state, rendered with Agg), `save` writes
 it atomically with fixed metadata so the same input gives the same bytes, and `semcode` is the
 whole job the CLI runs.
 
 Long videos: `summarise` reads the memory-mapped (N, D) array once, in chunks, and averages
 consecutive clips into at most `max_bins` equal bins (M = min(N, max_bins)), so a 10-hour video
-draws in the memory of a short one. Similarity of two bins is the mean cosine similarity over all
+draws in the memory of a short one (a second pass first when centring). Similarity of two bins is the mean cosine similarity over all
 clip pairs between them (the block average of the full N x N matrix), which is exactly the dot
 product of the bins' means of unit-length features.
 """
@@ -48,7 +50,8 @@ _PC_COLOURS = ("tab:red", "tab:green", "tab:blue")
 class Summary(NamedTuple):
     """Features averaged into M time bins.
 
-    means: (M, D) float64 mean features; unit_means: (M, D) mean of the unit-length features;
+    means: (M, D) float64 mean features; unit_means: (M, D) mean of the unit-length features
+    (centred first when summarised with `centre=True`);
     edges: (M + 1,) first row of each bin plus N; spans: (M, 2) start and end of each bin, in
     seconds (sidecar clip times) or clip numbers (clip i spans i - 0.5 .. i + 0.5); seconds: which.
     """

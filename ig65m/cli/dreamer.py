@@ -3,6 +3,7 @@
 import click
 
 from ig65m.cli.base import command
+from ig65m.defaults import DEFAULT_MODEL
 from ig65m.dreamer import DreamOptions, Dreamer, list_layers
 from ig65m.errors import Ig65mError
 
@@ -23,7 +24,7 @@ def parse_channels(text):
 @click.argument("dream", required=False)
 @click.option("--list-layers", "list_model", metavar="MODEL", default=None,
               help="Print MODEL's layers (name, output channels x T x H x W) and exit.")
-@click.option("--model", default="r2plus1d_34_8_ig65m", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Any RGB model of `ig65m models`.")
 @click.option("--weights", default=None,
               help="Local .pth, 'random' or 'random:SEED'; default: the pretrained release.")
