@@ -23,6 +23,7 @@ setup(
         "requests",
         "click",
         "matplotlib",
+        "pillow",  # GIF frames and PNG contact sheets (dreamer); matplotlib needs it anyway
         "tqdm",
     ],
     extras_require={
@@ -48,6 +49,7 @@ setup(
             "index-build = ig65m.cli.index:index_build",
             "index-serve = ig65m.cli.index:index_serve",
             "index-query = ig65m.cli.index:index_query",
+            "dreamer = ig65m.cli.dreamer:dreamer",
         ],
     },
 )

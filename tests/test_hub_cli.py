@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from ig65m.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["convert", "extract", "semcode", "index-build", "index-serve", "index-query"]
+COMMANDS = ["convert", "extract", "semcode", "dreamer", "index-build", "index-serve", "index-query"]
 
 
 def test_hub_lists_the_four_ig65m_builders():

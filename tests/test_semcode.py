@@ -11,9 +11,12 @@ from PIL import Image
 
 from ig65m.cli import main
 from ig65m.fileio import save_features
+from ig65m.sample import scene_frame, write_sample_video
 from ig65m.semcode import (
-    bin_edges, principal_components, self_similarity, semcode, strip_image, summarise,
+    bin_edges, principal_components, self_similarity, semcode, similarity_title, strip_image,
+    summarise,
 )
+from ig65m.timeline import frames_at, scene_boundaries
 
 SMALL = ["--width", "300", "--dpi", "50"]
 # figure height / width per view: the documented layout
@@ -89,10 +92,10 @@ def test_picture_depends_on_the_features_and_the_hue(tmp_path):
     assert (a != c).any(axis=2).mean() > 0.1
 
 
-@pytest.mark.parametrize("scale", ["global", "dim"])
+@pytest.mark.parametrize("scale", ["robust", "global", "dim"])
 def test_constant_features_draw_a_flat_white_strip(tmp_path, scale):
     features = write(tmp_path / "f.npy", np.full((9, 40), 3.5, dtype=np.float32))
-    fig = semcode(features, tmp_path / "p.png", scale=scale, width=400, dpi=50)
+    fig = semcode(features, tmp_path / "p.png", scale=scale, width=400, dpi=50).figure
     strip = axes_pixels(fig, pixels(tmp_path / "p.png"), fig.axes[0])
     assert strip.size > 0
     assert (strip == 255).all()
@@ -129,7 +132,7 @@ def block_features(sizes=(5, 7, 4), dims=48, noise=0.05, seed=3):
 def test_block_features_give_bright_similarity_blocks(tmp_path):
     features, labels = block_features()
     path = write(tmp_path / "f.npy", features)
-    fig = semcode(path, tmp_path / "p.png", view="similarity", width=500, dpi=50)
+    fig = semcode(path, tmp_path / "p.png", view="similarity", width=500, dpi=50).figure
     ax, image = fig.axes[0], pixels(tmp_path / "p.png").astype(float)
     brightness = image.mean(axis=2)
     clip_x, clip_y = np.meshgrid(np.arange(len(labels)), np.arange(len(labels)))
@@ -199,7 +202,7 @@ def test_time_axis_in_seconds_with_the_sidecar_else_clip_numbers(tmp_path):
     timed = write(tmp_path / "t.npy", random_features(rows=8), clips=clips)
     bare = write(tmp_path / "b.npy", random_features(rows=8))
     for path, xlim, label in [(timed, (0.25, 4.25), "time (s)"), (bare, (-0.5, 7.5), "clip")]:
-        fig = semcode(path, tmp_path / "p.png", view="all", width=300, dpi=50)
+        fig = semcode(path, tmp_path / "p.png", view="all", width=300, dpi=50).figure
         strip, similarity = fig.axes[0], fig.axes[3]
         np.testing.assert_allclose(strip.get_xlim(), xlim)
         np.testing.assert_allclose(similarity.get_xlim(), xlim)
@@ -208,7 +211,7 @@ def test_time_axis_in_seconds_with_the_sidecar_else_clip_numbers(tmp_path):
 
 def test_long_feature_files_are_binned(tmp_path):
     features = write(tmp_path / "f.npy", random_features(rows=2500, dims=16))
-    fig = semcode(features, tmp_path / "p.png", view="similarity", width=300, dpi=50)
+    fig = semcode(features, tmp_path / "p.png", view="similarity", width=300, dpi=50).figure
     assert fig.axes[0].images[0].get_array().shape == (1000, 1000)
 
 
@@ -297,3 +300,93 @@ def test_help_lists_the_views():
     result = CliRunner().invoke(main, ["semcode", "--help"])
     assert result.exit_code == 0
     assert "strip|similarity|pca|all" in result.output
+
+
+def test_robust_scaling_keeps_contrast_despite_an_outlier_clip():
+    steps = np.tile(np.repeat([0.0, 1.0], 50)[:, None], (1, 4))  # two scenes, 4 dims
+    steps[3] = 1000.0  # one outlier clip in a hundred
+    robust = strip_image(steps, scale="robust")[:, :, 1]  # green: 1 - saturation for hue 20
+    minmax = strip_image(steps, scale="dim")[:, :, 1]
+    assert abs(robust[:, 75] - robust[:, 25]).min() > 0.5  # the scenes differ clearly
+    assert abs(minmax[:, 75] - minmax[:, 25]).max() < 0.01  # washed out by the outlier
+
+
+def test_centred_similarity_spreads_what_raw_cosine_squeezes():
+    features, labels = block_features(noise=0.05)
+    features = features + 50.0  # a large offset every clip shares: raw cosines all near 1
+    raw = self_similarity(summarise(features).unit_means)
+    centred = self_similarity(summarise(features, centre=True).unit_means)
+    assert raw.min() > 0.99
+    same = labels[:, None] == labels[None, :]
+    assert centred[same].min() > 0.9 and centred[~same].max() < 0.2
+    assert "(all within 0.99" in similarity_title(raw, centred=False)
+    assert "within" not in similarity_title(centred, centred=True)
+
+
+def test_boundaries_are_found_marked_and_printed_as_json(tmp_path):
+    features, labels = block_features(sizes=(6, 9, 5))
+    clips = [[0.5 * i, 0.5 * i + 0.5] for i in range(len(labels))]
+    path = write(tmp_path / "f.npy", features, clips=clips)
+    result = run(path, tmp_path / "p.png", "--boundaries", "--view", "all", *SMALL)
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)["boundaries"]
+    assert [(b["clip"], b["time"]) for b in found] == [(6, 3.0), (15, 7.5)]
+    drawn = semcode(path, tmp_path / "q.png", boundaries=True, width=300, dpi=50)
+    assert [b["clip"] for b in drawn.boundaries] == [6, 15]
+    dashed = [line for line in drawn.figure.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert sorted(line.get_xdata()[0] for line in dashed) == [3.0, 7.5]
+
+
+def test_no_boundaries_in_a_video_without_cuts():
+    rng = np.random.default_rng(4)
+    drift = np.cumsum(rng.normal(scale=0.02, size=(40, 32)), axis=0) + rng.normal(size=32)
+    assert scene_boundaries(summarise(drift, centre=True)) == []
+
+
+@pytest.fixture(scope="module")
+def scenes_video(tmp_path_factory):
+    """3 s of the three-scene sample at 10 fps, lossless: scene k fills frames 10k to 10k+9."""
+    path = tmp_path_factory.mktemp("scenes") / "scenes.mkv"
+    write_sample_video(path, seconds=3, width=64, height=48, fps=10, scenes=True,
+                       codec="libx264rgb", options={"crf": "0"})
+    return path
+
+
+def test_frames_at_are_the_frames_on_screen(scenes_video):
+    frames = frames_at(scenes_video, [0.0, 1.05, 2.99], 48)
+    expected = [scene_frame(i, 64, 48, i // 10) for i in (0, 10, 29)]
+    for got, want in zip(frames, expected):
+        assert got.shape == (48, 64, 3)
+        assert np.abs(got.astype(int) - want).max() <= 2
+    assert np.abs(expected[0].astype(int) - expected[1]).mean() > 40  # the scenes differ
+
+
+def test_video_adds_a_row_of_its_frames_along_the_time_axis(tmp_path, scenes_video):
+    clips = [[0.5 * i, 0.5 * i + 0.5] for i in range(6)]
+    path = write(tmp_path / "f.npy", random_features(rows=6), clips=clips)
+    result = run(path, tmp_path / "p.png", "--video", scenes_video, "--width", "400", "--dpi", "50")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "p.png").size == (400, round(400 * 0.4))
+    fig = semcode(path, tmp_path / "q.png", video=scenes_video, width=400, dpi=50).figure
+    frames_ax, strip_ax = fig.axes[:2]
+    assert frames_ax.get_title() == "frames"
+    np.testing.assert_allclose(frames_ax.get_xlim(), strip_ax.get_xlim())
+    strip = frames_ax.images[0].get_array()
+    left, right = strip[:, :strip.shape[1] // 4], strip[:, -strip.shape[1] // 4:]
+    assert left[..., 2].mean() > left[..., 0].mean() + 50  # blue waves first
+    assert right[..., 0].mean() > right[..., 2].mean()  # the dusk scene last
+    bare = write(tmp_path / "bare.npy", random_features(rows=6))
+    result = run(bare, tmp_path / "b.png", "--video", scenes_video)
+    assert result.exit_code == 2 and "needs clip times" in result.stderr
+
+
+def test_three_scene_picture_is_deterministic(tmp_path, scenes_video):
+    features, _ = block_features(sizes=(4, 4, 4))
+    path = write(tmp_path / "f.npy", features, clips=[[0.25 * i, 0.25 * i + 0.25] for i in range(12)])
+    outputs = []
+    for name in ("a.png", "b.png"):
+        result = run(path, tmp_path / name, "--view", "all", "--video", scenes_video,
+                     "--boundaries", *SMALL)
+        assert result.exit_code == 0, result.output
+        outputs.append((result.stdout, (tmp_path / name).read_bytes()))
+    assert outputs[0] == outputs[1]

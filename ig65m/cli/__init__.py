@@ -25,6 +25,7 @@ COMMANDS = {
     "classify": ("ig65m.cli.classify", "classify"),
     "finetune": ("ig65m.cli.train", "finetune"),
     "evaluate": ("ig65m.cli.train", "evaluate"),
+    "dreamer": ("ig65m.cli.dreamer", "dreamer"),
 }
 
 
