@@ -4,9 +4,11 @@ Why not gunicorn: its threaded worker hands every new connection to a pool threa
 5 s for the first byte, so a few dozen idle connections stall every other client (40 idle sockets
 held a request 50 s in a trial). Each worker here runs waitress, whose event loop keeps idle
 connections off the threads; the master only forks, forwards signals and restarts a dead worker.
-Each worker maps the index file read-only itself, so the N workers share its pages (one copy).
+The master loads the index before forking, so the workers share its memory-mapped pages and its
+metadata arrays (copy-on-write, never written): N workers hold one copy.
 """
 
+import gc
 import os
 import signal
 import sys
@@ -39,9 +41,10 @@ class Master:
     """Forks `count` workers running `target()`; SIGTERM/SIGINT stop them all, SIGHUP is passed
     on to every worker, a worker that dies is replaced."""
 
-    def __init__(self, count, target):
+    def __init__(self, count, target, before_restart=None):
         self.count = count
         self.target = target
+        self.before_restart = before_restart
         self.children = set()
         self.stopping = False
 
@@ -68,6 +71,7 @@ class Master:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, lambda signum, frame: self.signal_children(signal.SIGHUP))
+        gc.freeze()  # what the master loaded stays shared: no collector pass writes to it
         for _ in range(self.count):
             self.spawn()
         while self.children:
@@ -82,6 +86,8 @@ class Master:
                 print(f"worker {pid} exited ({_describe(status)}); starting another",
                       file=sys.stderr, flush=True)
                 time.sleep(RESTART_DELAY)
+                if self.before_restart is not None:
+                    self.before_restart()
                 if not self.stopping:
                     self.spawn()
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import faiss
 import orjson
+import waitress
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Conflict, HTTPException, NotFound
@@ -27,6 +28,7 @@ from ig65m.index.batching import Batcher
 from ig65m.index.fastpath import FastSearch
 from ig65m.index.live import LiveIndex
 from ig65m.index.middleware import AccessLog, Cors
+from ig65m.index.prefork import Master
 from ig65m.index.protocol import (  # noqa: F401 (MAX_K, MAX_VECTORS: the server's limits, imported from here)
     MAX_K, MAX_VECTORS, answer, check_token, default_body_cap, parse_search)
 
@@ -176,9 +178,9 @@ def listen(host, port):
 
 
 def serve(index_dir, options=None):
-    """Serve `index_dir` until SIGTERM/SIGINT: the index is checked (errors: Ig65mError) before
-    the socket opens; then one worker in this process, or `options.workers` forked ones."""
-    from ig65m.index.prefork import Master
+    """Serve `index_dir` until SIGTERM/SIGINT: the index is loaded and checked (errors:
+    Ig65mError) before the socket opens; then one worker in this process, or `options.workers`
+    forked ones."""
 
     options = options or ServeOptions()
     live = LiveIndex(index_dir, interval=options.reload_interval)  # start-up checks, one line
@@ -188,18 +190,23 @@ def serve(index_dir, options=None):
     print(f"serving {index_dir} on http://{host}:{port} ({options.workers} workers x "
           f"{options.threads} threads x {omp} OpenMP)", file=sys.stderr, flush=True)
     if options.workers == 1:
-        _run_worker(index_dir, sock, options, omp, live=live, master=None)
+        _run_worker(sock, options, omp, live, master=None)
         return
-    master_pid = os.getpid()
-    del live  # each worker maps the index itself: the page cache holds the one shared copy
-    Master(options.workers, lambda: _run_worker(index_dir, sock, options, omp, master=master_pid)).run()
+    master = os.getpid()
+    # workers are forked with the index loaded here: they share its mapped pages and metadata
+    Master(options.workers, lambda: _run_worker(sock, options, omp, live, master=master),
+           before_restart=lambda: _reload_quietly(live)).run()
 
 
-def _run_worker(index_dir, sock, options, omp, live=None, master=None):
-    import waitress
+def _reload_quietly(live):
+    """Bring the master's index up to date, so that a replacement worker starts current."""
+    try:
+        live.reload()
+    except Ig65mError as err:
+        print(f"warning: keeping the loaded index: {err}", file=sys.stderr, flush=True)
 
-    live = live or LiveIndex(index_dir, interval=options.reload_interval)
 
+def _run_worker(sock, options, omp, live, master=None):
     def reload_all():  # with workers, the master passes SIGHUP on to every one of them
         if master is not None:
             os.kill(master, signal.SIGHUP)
