@@ -1,17 +1,22 @@
-"""Clip search benchmark: build time, recall@10 against exact search, HTTP latency and throughput,
-server memory against the index file size, on a synthetic collection with cluster structure.
+"""Clip search benchmark: index-serve over HTTP against Faiss in the same process, on the same
+queries, in alternating rounds; optionally the server of another checkout beside it (--old).
 
-    python benchmarks/index.py --vectors 1000000 --dim 512 [--workdir DIR] [--keep]
+    python benchmarks/index.py --real FEATURES_DIR --vectors 200000 [--old ../main] [--workdir D --keep]
 
-Prints one JSON object of figures on stdout (progress on stderr). Every step runs the real tools:
-`ig65m index-build` and `ig65m index-serve` as subprocesses, queries through HTTP with requests.
+Data (see index_data.py): real clip features tiled with calibrated noise to --vectors clips; the
+neighbour-distance ratio of the real features and of the collection are printed. Queries are
+held-out clips. Clients run in separate processes (http.client, keep-alive, raw float32 bodies);
+the CPU they used is printed, because on a small machine they take cores from the server.
+Figures: recall@1/@10, p50/p99 of single queries, throughput with 1/8/32 clients against Faiss
+with as many threads, PSS of every server process, each block with its load average.
 """
 
 import argparse
+import http.client
 import json
+import multiprocessing
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,186 +26,246 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import requests
+import psutil
+from common import alternate, load_average, median_spread, report
+from index_data import RealTiles, exact_neighbours
 
-from ig65m.fileio import FeatureWriter
-from ig65m.index.manifest import INDEX_FILE
+from ig65m.index.search import Searcher, search_parameters
 
 K = 10
-
-
-class Collection:
-    """Clustered synthetic vectors: centre of cluster c + a cluster-weighted mix of a shared
-    low-rank basis + small isotropic noise, like embeddings with low intrinsic dimension."""
-
-    def __init__(self, dim, clusters, rank=16, seed=0):
-        rng = np.random.default_rng(seed)
-        self.centres = rng.normal(size=(clusters, dim)).astype("f4")
-        self.weights = rng.uniform(0.1, 0.5, size=(clusters, rank)).astype("f4")
-        self.basis = rng.normal(size=(rank, dim)).astype("f4")
-        self.noise = 0.1
-
-    def draw(self, count, rng):
-        cluster = rng.integers(0, len(self.centres), count)
-        mix = rng.normal(size=(count, self.basis.shape[0])).astype("f4") * self.weights[cluster]
-        noise = rng.normal(size=(count, self.basis.shape[1])).astype("f4") * self.noise
-        return self.centres[cluster] + mix @ self.basis + noise
-
-
-def write_collection(folder, collection, vectors, per_file, seed):
-    """Feature files of `per_file` clips each (with sidecars, as `extract` writes them)."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for number, first in enumerate(range(0, vectors, per_file)):
-        rows = min(per_file, vectors - first)
-        path = folder / f"video{number:04d}.npy"
-        with FeatureWriter(path) as writer:
-            for offset in range(0, rows, 50_000):
-                writer.write(collection.draw(min(50_000, rows - offset), rng))
-            writer.commit({"source": f"/videos/video{number:04d}.mp4", "model": "synthetic",
-                           "clips": [[i * 0.5, i * 0.5 + 0.5] for i in range(rows)]})
-        paths.append(path)
-    return paths
-
-
-def exact_neighbours(paths, queries, k=K):
-    """Brute-force L2 top-k over every file, streamed -> ids (nq, k)."""
-    heap = faiss.ResultHeap(len(queries), k)
-    first = 0
-    for path in paths:
-        rows = np.load(path, mmap_mode="r")
-        for start in range(0, len(rows), 100_000):
-            chunk = np.ascontiguousarray(rows[start:start + 100_000])
-            distances, ids = faiss.knn(queries, chunk, k)
-            heap.add_result(distances, ids + first + start)
-        first += len(rows)
-    heap.finalize()
-    return heap.I
-
-
-def recall(found, truth):
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
-
-
-def start_server(index_dir, threads):
-    argv = [sys.executable, "-m", "ig65m", "index-serve", str(index_dir), "--port", "0",
-            "--threads", str(threads)]
-    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        found = re.search(r"on (http://\S+) ", line)
-        if found:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep pipe drained
-            return process, found.group(1)
-    raise RuntimeError("index-serve did not start")
-
-
-def single_latencies(url, queries, repeat):
-    session = requests.Session()
-    times = []
-    for number in range(repeat):
-        body = {"vectors": [queries[number % len(queries)].tolist()], "k": K}
-        start = time.perf_counter()
-        answer = session.post(f"{url}/search", json=body, timeout=30)
-        times.append(time.perf_counter() - start)
-        answer.raise_for_status()
-    return np.array(times) * 1000
-
-
-def throughput(url, queries, clients, seconds):
-    """Queries/s with `clients` threads each sending single JSON queries for `seconds`."""
-    done, errors = [0] * clients, [0] * clients
-    stop_at = time.perf_counter() + seconds
-
-    def client(number):
-        session = requests.Session()
-        rng = np.random.default_rng(number)
-        while time.perf_counter() < stop_at:
-            body = {"vectors": [queries[rng.integers(len(queries))].tolist()], "k": K}
-            answer = session.post(f"{url}/search", json=body, timeout=60)
-            done[number] += answer.status_code == 200
-            errors[number] += answer.status_code != 200
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(done) / (time.perf_counter() - start), sum(errors)
-
-
-def rss_mb(pid):
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {key: int(re.search(rf"{key}:\s+(\d+)", status).group(1)) / 1024
-            for key in ("VmRSS", "VmHWM")}
+FORMS = {  # name: (path, content type, body maker)
+    "raw+compact": ("/search?k=10&format=compact", "application/octet-stream", lambda q: q.tobytes()),
+    "raw+full": ("/search?k=10", "application/octet-stream", lambda q: q.tobytes()),
+    "json+full": ("/search", "application/json",
+                  lambda q: json.dumps({"vectors": [q.tolist()], "k": K}).encode()),
+}
 
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run(args, work):
-    figures = {"vectors": args.vectors, "dim": args.dim, "cores": os.cpu_count()}
-    collection = Collection(args.dim, clusters=max(10, args.vectors // 1000))
-    log("writing the synthetic collection")
-    paths = write_collection(work / "features", collection, args.vectors, args.per_file, seed=1)
-    queries = collection.draw(args.queries, np.random.default_rng(2))
-    log("exact neighbours of the queries (brute force)")
-    truth = exact_neighbours(paths, queries)
-    log("index-build")
-    start = time.perf_counter()
-    built = subprocess.run([sys.executable, "-m", "ig65m", "index-build", str(work / "features"),
-                            str(work / "index")], stdout=subprocess.PIPE, text=True, check=True)
-    figures["build_seconds"] = round(time.perf_counter() - start, 1)
-    manifest = json.loads(built.stdout)
-    figures.update(index_key=manifest["index_key"], nprobe_default=manifest["search_default"],
-                   index_file_mb=round((work / "index" / INDEX_FILE).stat().st_size / 2**20, 1))
-    log(f"index-serve ({manifest['index_key']}, nprobe {manifest['search_default']})")
-    process, url = start_server(work / "index", args.threads)
-    try:
-        figures["rss_loaded_mb"] = round(rss_mb(process.pid)["VmRSS"], 1)
-        found = requests.post(f"{url}/search", timeout=600, data=queries.tobytes(),
-                              params={"k": K}, headers={"Content-Type": "application/octet-stream"})
-        figures["recall_at_10_http"] = round(recall([[hit["id"] for hit in row]
-                                                     for row in found.json()["results"]], truth), 4)
-        log(f"recall@10 {figures['recall_at_10_http']}; single-query latency")
-        single_latencies(url, queries, 100)  # warm-up
-        latencies = single_latencies(url, queries, args.repeat)
-        figures.update(http_p50_ms=round(float(np.percentile(latencies, 50)), 2),
-                       http_p99_ms=round(float(np.percentile(latencies, 99)), 2))
-        log(f"{args.clients} concurrent clients for {args.seconds} s")
-        qps, errors = throughput(url, queries, args.clients, args.seconds)
-        figures.update(qps=round(qps, 1), errors=errors, server_threads=args.threads)
-        memory = rss_mb(process.pid)
-        figures.update(rss_mb=round(memory["VmRSS"], 1), rss_peak_mb=round(memory["VmHWM"], 1))
-        figures["rss_over_index_file"] = round(memory["VmHWM"] / figures["index_file_mb"], 3)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    return figures
+def start_server(checkout, index_dir, args, forms):
+    """A server process of `checkout` (its own ig65m on PYTHONPATH) -> {"process", "port",
+    "forms": the request forms it is measured with}."""
+    argv = [sys.executable, "-m", "ig65m", "index-serve", str(index_dir), "--port", "0", *args]
+    env = dict(os.environ, PYTHONPATH=str(checkout), OMP_WAIT_POLICY="PASSIVE")
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stderr:
+        found = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+        if found:
+            threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()
+            return {"process": process, "port": int(found.group(1)), "forms": forms}
+    raise SystemExit(f"server of {checkout} did not start")
+
+
+def client(port, form, queries, seconds, count, start, out):
+    """One client process: single queries over one keep-alive connection until `seconds` pass
+    (or `count` are done) -> (answered, errors, latencies in s, CPU seconds) on `out`."""
+    path, kind, make = FORMS[form]
+    bodies = [make(q) for q in queries]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times, errors = [], 0
+    start.wait()
+    cpu, stop_at = time.process_time(), time.perf_counter() + seconds
+    while len(times) < count and time.perf_counter() < stop_at:
+        began = time.perf_counter()
+        connection.request("POST", path, bodies[len(times) % len(bodies)], {"Content-Type": kind})
+        answer = connection.getresponse()
+        answer.read()
+        times.append(time.perf_counter() - began)
+        errors += answer.status != 200
+    out.put((len(times), errors, times, time.process_time() - cpu))
+
+
+def http_run(port, form, queries, clients, seconds=1e9, count=10**9):
+    """Run `clients` client processes at once -> (queries/s, errors, latencies, client cores)."""
+    context = multiprocessing.get_context("fork")
+    start, out = context.Event(), context.Queue()
+    procs = [context.Process(target=client, args=(port, form, queries[i::clients], seconds, count,
+                                                  start, out)) for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.3)
+    began = time.perf_counter()
+    start.set()
+    results = [out.get() for _ in procs]
+    wall = time.perf_counter() - began
+    for proc in procs:
+        proc.join()
+    done = sum(r[0] for r in results)
+    latencies = np.concatenate([r[2] for r in results])
+    return done / wall, sum(r[1] for r in results), latencies, sum(r[3] for r in results) / wall
+
+
+def faiss_run(searcher, queries, threads, seconds=1e9, count=10**9):
+    """Faiss in this process: `threads` threads of single-query searches -> (q/s, latencies)."""
+    params, keep = search_parameters(searcher.index, searcher.breadth_default or 1)
+    times = [[] for _ in range(threads)]
+    stop_at = time.perf_counter() + seconds
+
+    def work(number):
+        faiss.omp_set_num_threads(1)
+        mine, own = queries[number::threads], times[number]
+        while len(own) < count and time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            searcher.index.search(mine[len(own) % len(mine)][None], K, params=params)
+            own.append(time.perf_counter() - began)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    began = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    latencies = np.concatenate(times)
+    return len(latencies) / (time.perf_counter() - began), latencies
+
+
+def pss_mb(process):
+    procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children()
+    return [round(p.memory_full_info().pss / 2**20, 1) for p in procs]
+
+
+def latency_block(servers, searcher, queries, samples, rounds):
+    """p50/p99 of single queries: in-process Faiss and every (server, form), alternating."""
+    kept = {}
+
+    def runner(name, measure):
+        def run():
+            latencies = measure() * 1000
+            kept.setdefault(name, []).append(latencies)
+            return 1000 / float(np.median(latencies))
+        return run
+
+    runners = {"faiss in-process": runner("faiss in-process",
+                                          lambda: faiss_run(searcher, queries, 1, count=samples)[1])}
+    for name, server in servers.items():
+        for form in server["forms"]:
+            runners[f"{name} {form}"] = runner(
+                f"{name} {form}",
+                lambda p=server["port"], f=form: http_run(p, f, queries, 1, count=samples)[2])
+    rounds_run = alternate(runners, rounds=rounds)
+    print(f"\n## single-query latency, {samples} queries a round (rates: 1/p50)")
+    print(report(rounds_run, baseline="faiss in-process", unit="q/s"))
+    base = kept["faiss in-process"]
+    for name, runs in kept.items():
+        p50 = median_spread(np.median(r) for r in runs)
+        p99 = median_spread(np.percentile(r, 99) for r in runs)
+        over = median_spread(np.median(r) - np.median(b) for r, b in zip(runs, base))
+        print(f"{name:<24} p50 {p50[0]:.3f} ms ({p50[1]:.3f}-{p50[2]:.3f})  p99 {p99[0]:.2f} ms  "
+              f"p50 over Faiss {over[0]:+.3f} ms ({over[1]:+.3f} to {over[2]:+.3f})")
+
+
+def throughput_block(servers, searcher, queries, clients, seconds, rounds, form):
+    """Queries/s with `clients` client processes against Faiss with as many threads; the cores
+    that the clients and the server used (CPU seconds per second)."""
+    cores = {}
+
+    def http_runner(name, server):
+        def run():
+            before = _cpu(server["process"])
+            rate, errors, _, client_cores = http_run(server["port"], form, queries, clients, seconds)
+            server_cores = (_cpu(server["process"]) - before) / seconds
+            cores.setdefault(name, []).append((client_cores, server_cores, errors))
+            return rate
+        return run
+
+    runners = {f"faiss {clients} threads": lambda: faiss_run(searcher, queries, clients, seconds)[0]}
+    for name, server in servers.items():
+        runners[f"{name} {form}"] = http_runner(f"{name} {form}", server)
+    print(f"\n## throughput, {clients} clients ({form}), {seconds:g} s a round")
+    print(report(alternate(runners, rounds=rounds), baseline=f"faiss {clients} threads", unit="q/s"))
+    for name, seen in cores.items():
+        print(f"{name:<24} clients used {np.median([c for c, _, _ in seen]):.2f} cores, server "
+              f"{np.median([s for _, s, _ in seen]):.2f} cores, errors {sum(e for _, _, e in seen)}")
+
+
+def _cpu(process):
+    procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children()
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def prepare(args, work):
+    """The collection, its index (index-build of this checkout) and held-out queries."""
+    tiles = RealTiles(args.real)
+    real_ratio = tiles.real_ratio()
+    calibration = work / "calibration.json"
+    if calibration.exists():
+        tiles.sigma = json.loads(calibration.read_text())["sigma"]
+        ratio = json.loads(calibration.read_text())["ratio"]
+    else:
+        log("calibrating the noise to the real neighbour-distance ratio")
+        ratio = tiles.calibrate(args.vectors, real_ratio)
+        calibration.write_text(json.dumps({"sigma": tiles.sigma, "ratio": ratio}))
+    print(f"real features: {len(tiles.real)} clips of {len(tiles.videos)} videos from {args.real}; "
+          f"neighbour ratio d1/d10 {real_ratio:.3f}; collection {args.vectors} clips, noise "
+          f"{tiles.sigma:.3f} x spread, ratio {ratio:.3f}")
+    if not (work / "index").exists():
+        log("writing the collection and running index-build")
+        tiles.write(work / "features", args.vectors)
+        subprocess.run([sys.executable, "-m", "ig65m", "index-build", str(work / "features"),
+                        str(work / "index"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    videos = -(-args.vectors // 500)
+    queries = tiles.queries(args.queries, videos)
+    truth = exact_neighbours(tiles, args.vectors, queries)
+    return queries, truth
+
+
+def recall(found, truth, k):
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vectors", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--per-file", type=int, default=100_000, help="clips per feature file")
+    parser.add_argument("--real", required=True, help="folder of real feature .npy files")
+    parser.add_argument("--vectors", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=1000, help="single queries timed")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--threads", type=int, default=4, help="index-serve --threads")
-    parser.add_argument("--workdir", default=None, help="default: a temporary folder")
-    parser.add_argument("--keep", action="store_true", help="keep the collection and index")
+    parser.add_argument("--samples", type=int, default=500, help="single queries a latency round")
+    parser.add_argument("--seconds", type=float, default=4.0, help="a throughput round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--old", default=None, help="another checkout whose server runs beside")
+    parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ig65m-index-bench-"))
-    (work / "features").mkdir(parents=True, exist_ok=False)
+    work.mkdir(parents=True, exist_ok=True)
+    queries, truth = prepare(args, work)
+    searcher = Searcher(work / "index")
+    manifest = searcher.manifest
+    print(f"index {manifest['index_key']}, {manifest['search_parameter']} "
+          f"{manifest['search_default']}, {os.cpu_count()} cores, load {load_average():.1f}")
+    distances, ids = searcher.search_arrays(queries, K)
+    print(f"recall in-process: @1 {recall(ids, truth, 1):.4f}, @10 {recall(ids, truth, 10):.4f}")
+    checkout = Path(__file__).resolve().parents[1]
+    servers = {"new": start_server(checkout, work / "index", ["--workers", str(args.workers),
+                                                              "--no-access-log"], list(FORMS))}
+    if args.old:
+        servers["old"] = start_server(Path(args.old).resolve(), work / "index",
+                                      ["--threads", "4"], ["raw+full", "json+full"])
     try:
-        figures = run(args, work)
+        _http_recall(servers["new"]["port"], queries, truth)
+        latency_block(servers, searcher, queries, args.samples, args.rounds)
+        for clients in map(int, args.clients.split(",")):
+            throughput_block(servers, searcher, queries, clients, args.seconds, args.rounds,
+                             "raw+full")
+        print("\n## memory (PSS MiB: the server process first, then its workers)")
+        for name, server in servers.items():
+            print(f"{name:<6} {pss_mb(server['process'])}; index file "
+                  f"{(work / 'index' / 'index.faiss').stat().st_size / 2**20:.0f} MiB")
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(figures, indent=2))
+        for server in servers.values():
+            server["process"].terminate()
+            server["process"].wait(timeout=30)
+
+
+def _http_recall(port, queries, truth):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request("POST", "/search?k=10&format=compact", queries.astype("<f4").tobytes(),
+                       {"Content-Type": "application/octet-stream"})
+    found = json.loads(connection.getresponse().read())["ids"]
+    print(f"recall over HTTP: @1 {recall(found, truth, 1):.4f}, @10 {recall(found, truth, 10):.4f}")
 
 
 if __name__ == "__main__":

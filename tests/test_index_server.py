@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,13 +25,18 @@ DIM = 16
 
 
 def start_server(argv, env=None):
-    """Start a server process; wait for its 'serving ... on http://HOST:PORT' line -> (proc, url)."""
+    """Start a server process; wait for its 'serving ... on http://HOST:PORT' line -> (proc, url).
+    Its stderr is drained into `process.lines` from then on (the access log never blocks it)."""
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, **(env or {})))
     deadline = time.monotonic() + 120
     for line in process.stderr:
         found = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
         if found:
+            process.lines = []
+            process.drain = threading.Thread(target=lambda: process.lines.extend(process.stderr),
+                                             daemon=True)
+            process.drain.start()
             return process, found.group(1)
         if time.monotonic() > deadline:
             break
@@ -41,6 +47,8 @@ def start_server(argv, env=None):
 def stop(process):
     process.terminate()
     process.wait(timeout=10)
+    if getattr(process, "drain", None):
+        process.drain.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,12 @@ def test_search_json_and_raw_agree_and_find_themselves(server, collection):
     raw = requests.post(f"{server}/search?k=4", data=vectors[[3, 150]].astype("<f4").tobytes(),
                         headers={**auth(), "Content-Type": "application/octet-stream"}, timeout=10)
     assert raw.status_code == 200 and raw.json()["results"] == results
+    short = requests.post(f"{server}/search?k=4&format=compact", data=vectors[[3, 150]].tobytes(),
+                          headers={**auth(), "Content-Type": "application/octet-stream"}, timeout=10)
+    as_json = requests.post(f"{server}/search", json={**body, "format": "compact"}, headers=auth(),
+                            timeout=10)
+    assert short.json() == as_json.json() == {"ids": [[h["id"] for h in r] for r in results],
+                                              "distances": [[h["distance"] for h in r] for r in results]}
 
 
 def test_clips_endpoint(server):
@@ -140,10 +154,17 @@ def test_bad_json_requests_are_4xx(server, body, status, message):
     (np.zeros(DIM, "<f4").tobytes(), "?k=abc", "integer"),
     (np.zeros(DIM, "<f4").tobytes(), "?k=5000", "k"),
     (np.zeros(DIM, "<f4").tobytes(), "?nprobe=0", "nprobe"),
+    (np.zeros(DIM, "<f4").tobytes(), "?format=xml", "format"),
+    (np.zeros(DIM, "<f4").tobytes()[:-1], "", "whole number"),
+    (np.zeros(DIM + 1, "<f4").tobytes(), "", "whole number"),
+    (np.zeros((1025, DIM), "<f4").tobytes(), "", "at most 1024"),
+    (np.zeros(DIM, "<f8").tobytes(), ";dtype=float64", "float32"),
+    (np.zeros(DIM, "<f2").tobytes() * 2, ";dtype=float16", "float32"),
 ])
 def test_bad_raw_requests_are_400(server, data, query, message):
+    query, _, dtype = query.partition(";")
     answer = requests.post(f"{server}/search{query}", data=data, timeout=10,
-                           headers={**auth(), "Content-Type": "application/octet-stream"})
+                           headers={**auth(), "Content-Type": f"application/octet-stream;{dtype}"})
     assert answer.status_code == 400 and message in answer.json()["error"], answer.text
 
 
@@ -152,7 +173,7 @@ def test_oversized_body_is_413_and_unknown_routes_404(server):
     answer = requests.post(f"{server}/search", data=huge, timeout=30,
                            headers={**auth(), "Content-Type": "application/octet-stream"})
     assert answer.status_code == 413 and "error" in answer.json()
-    for path in ("/nope", "/clips/-1", "/clips/abc"):
+    for path in ("/nope", "/clips/-1", "/clips/abc", f"/clips/{2 ** 63}", f"/clips/{10 ** 40}"):
         answer = requests.get(f"{server}{path}", headers=auth(), timeout=10)
         assert answer.status_code == 404 and "error" in answer.json()
     assert requests.get(f"{server}/search", headers=auth(), timeout=10).status_code == 405
@@ -234,7 +255,7 @@ def test_index_serve_command_with_env_port_and_token(collection):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not an index" in bad.stderr
 
 
-def test_openmp_threads_share_the_cores():
+def test_openmp_threads_share_the_cores_between_workers():
     assert omp_threads_for(4, cores=2) == 1
     assert omp_threads_for(1, cores=8) == 8
     assert omp_threads_for(3, cores=8) == 2

@@ -12,7 +12,7 @@ from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index
 from ig65m.index.client import IndexClient
 from ig65m.index.manifest import METRICS
 from ig65m.index.query import format_table, query_index
-from ig65m.index.server import serve
+from ig65m.index.server import ServeOptions, serve
 
 
 @command("index-build")
@@ -51,21 +51,35 @@ def index_build(paths, index_key, metric, append, target_recall, quiet):
               show_default=True, show_envvar=True, help="Port (0: any free port).")
 @click.option("--token", default=None, envvar="IG65M_TOKEN", show_envvar=True,
               help="Require 'Authorization: Bearer TOKEN' on every route but /healthz.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes, sharing one memory-mapped index.")
 @click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Requests served at once.")
+              help="Requests served at once by each worker.")
 @click.option("--omp-threads", type=click.IntRange(1, 1024), default=None,
-              help="OpenMP threads per search [cores / --threads, at least 1]")
-def index_serve(index_dir, host, port, token, threads, omp_threads):
-    """Serve INDEX_DIR over HTTP (waitress): GET /healthz, POST /search, GET /clips/ID.
+              help="OpenMP threads per worker's searches [cores / --workers, at least 1]")
+@click.option("--batch-window-ms", type=click.FloatRange(0, 100), default=0.5, show_default=True,
+              help="Under load, how long a search waits for others to share its Faiss call.")
+@click.option("--reload-interval", type=click.FloatRange(0, 3600), default=1.0, show_default=True,
+              help="Seconds between checks for a new index (index-build --append); 0: only on "
+                   "SIGHUP or POST /reload.")
+@click.option("--max-connections", type=click.IntRange(1, 100000), default=1000,
+              show_default=True, help="Open connections a worker keeps at most.")
+@click.option("--idle-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Seconds after which an idle connection is closed.")
+@click.option("--cors-origin", multiple=True,
+              help="Allow cross-origin requests from this origin ('*': any); repeatable.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One line per request on stderr.")
+def index_serve(index_dir, token, cors_origin, access_log, **options):
+    """Serve INDEX_DIR over HTTP (waitress): GET /healthz, POST /search, GET /clips/ID,
+    POST /reload.
 
     The `ig65m` command group loads only this command's module, so the server never imports
     torch.
     """
-    try:
-        serve(index_dir, host=host, port=port, threads=threads, token=token or None,
-              omp_threads=omp_threads)
-    except OSError as err:
-        raise Ig65mError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
+    options = ServeOptions(token=token or None, cors_origins=tuple(cors_origin),
+                           access_log=access_log, **options)
+    serve(index_dir, options)
 
 
 @command("index-query")

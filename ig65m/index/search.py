@@ -9,7 +9,8 @@ import faiss
 import numpy as np
 
 from ig65m.errors import Ig65mError
-from ig65m.index.manifest import INDEX_FILE, METADATA_FILE, read_manifest
+from ig65m.index.manifest import (INDEX_FILE, MANIFEST_FILE, METADATA_FILE, METRICS,
+                                  read_manifest, resolve_index_dir)
 from ig65m.index.store import MetadataStore
 
 
@@ -63,37 +64,71 @@ def load_index(path):
 class Searcher:
     """A loaded index directory. `search(vectors (n, D), k)` -> n lists of up to k result dicts
     {"id", "distance", "path", "clip", "start", "end", "features"}, nearest first; distances are
-    Euclidean for metric l2 and 1 - cosine similarity for cosine."""
+    Euclidean for metric l2 and 1 - cosine similarity for cosine. The server uses the two halves:
+    `search_arrays` (Faiss only) and `results` (metadata, only when an answer asks for it).
+    Loading checks the metadata database and copies its clip table into memory (`store.table`)."""
 
     def __init__(self, index_dir):
-        self.manifest = read_manifest(index_dir)
-        self.index = load_index(f"{index_dir}/{INDEX_FILE}")
-        self.store = MetadataStore(f"{index_dir}/{METADATA_FILE}")
-        self.dimension = int(self.manifest["dimension"])
+        folder = resolve_index_dir(index_dir)
+        self.manifest = read_manifest(folder)
+        self.dimension = _manifest_int(self.manifest, "dimension", folder)
         self.metric = self.manifest["metric"]
+        self.index = load_index(folder / INDEX_FILE)
         self.count = int(self.index.ntotal)
         self.breadth_name = self.manifest.get("search_parameter")
         self.breadth_default = self.manifest.get("search_default")
         if self.index.d != self.dimension:
-            raise Ig65mError(f"{index_dir}: manifest says {self.dimension}-d, index is {self.index.d}-d")
+            raise Ig65mError(f"{folder}: manifest says {self.dimension}-d, index is {self.index.d}-d")
+        if self.metric not in METRICS:
+            raise Ig65mError(f"{folder}: unknown metric {self.metric!r} in {MANIFEST_FILE}")
+        _check_breadth_default(self.breadth_default, folder)
+        store = MetadataStore(folder / METADATA_FILE)
+        try:
+            store.check(self.count)
+            self.table = store.table(self.count)
+        finally:
+            store.close()
 
-    def search(self, vectors, k, breadth=None):
-        vectors = np.array(vectors, dtype=np.float32, order="C", ndmin=2)
+    def search_arrays(self, vectors, k, breadth=None):
+        """Faiss search -> (distances float64 (n, k), ids int64 (n, k)); id -1 where fewer than k."""
+        vectors = np.array(vectors, dtype=np.float32, order="C", ndmin=2)  # a copy: normalised below
         if self.metric == "cosine":
             faiss.normalize_L2(vectors)
         breadth = breadth or self.breadth_default
         params, keep = search_parameters(self.index, breadth) if breadth else (None, ())
         distances, ids = self.index.search(vectors, int(k), params=params)
         del keep
-        found = self.store.clips(ids[ids >= 0].ravel())
-        return [[dict(found[i], distance=self._distance(d)) for d, i in zip(row_d, row_i) if i in found]
+        distances = distances.astype(np.float64)
+        if self.metric == "cosine":
+            return 1.0 - distances, ids
+        return np.sqrt(np.maximum(distances, 0.0)), ids
+
+    def results(self, distances, ids):
+        """Result dicts with metadata for the arrays of `search_arrays`, one lookup for all rows."""
+        found = self.table.lookup(ids[ids >= 0])
+        return [[dict(found[i], distance=d) for d, i in zip(row_d, row_i) if i in found]
                 for row_d, row_i in zip(distances.tolist(), ids.tolist())]
 
-    def _distance(self, value):
-        if self.metric == "cosine":
-            return 1.0 - value
-        return max(value, 0.0) ** 0.5
+    def search(self, vectors, k, breadth=None):
+        return self.results(*self.search_arrays(vectors, k, breadth))
 
     def clip(self, clip_id):
-        """Metadata dict of one clip, or None."""
-        return self.store.clips([clip_id]).get(int(clip_id))
+        """Metadata dict of one clip, or None (also for ids out of range, e.g. >= 2**63)."""
+        if not 0 <= clip_id < self.count:
+            return None
+        return self.table.lookup([clip_id])[clip_id]
+
+
+def _manifest_int(manifest, key, folder):
+    value = manifest[key]
+    if type(value) is not int or value < 1:
+        raise Ig65mError(f"{folder / MANIFEST_FILE}: {key} must be a positive integer, "
+                         f"got {value!r}")
+    return value
+
+
+def _check_breadth_default(value, folder):
+    """A search_default that every search would fail on is refused at load, not answered 500."""
+    if value is not None and (type(value) is not int or not 1 <= value <= 2 ** 31 - 1):
+        raise Ig65mError(f"{folder / MANIFEST_FILE}: search_default must be a positive integer "
+                         f"or null, got {value!r}")

@@ -9,6 +9,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from ig65m.errors import Ig65mError
 
 _SCHEMA = """
@@ -29,35 +31,60 @@ CREATE TABLE IF NOT EXISTS clips (
 );
 """
 
-_CLIP_QUERY = """
-SELECT clips.id, COALESCE(files.source, files.path), clips.clip, clips.start, clips.end, files.path
-FROM clips JOIN files ON files.id = clips.file WHERE clips.id IN ({})
-"""
+_CLIP_QUERY = "SELECT id, file, clip, start, end FROM clips WHERE id IN ({})"
+_MAX_ID = 2 ** 63 - 1  # SQLite integers are signed 64-bit
 
 
 class MetadataStore:
-    """Clip metadata in `path` (SQLite). Read-only stores are safe to share between threads: each
-    thread gets its own connection."""
+    """Clip metadata in `path` (SQLite). A read-only store opens one connection at once and keeps
+    it: it is shared by every thread (under a lock), and it keeps reading the same file even when an
+    `--append` swaps a new index directory in, so metadata always matches the index loaded with it.
+    """
 
     def __init__(self, path, *, writable=False):
         self.path = Path(path)
         self.writable = writable
-        if not writable and not self.path.is_file():
-            raise Ig65mError(f"metadata not found: {self.path}")
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._shared = None
+        self._files = None
         if writable:
             self._connection().executescript(_SCHEMA)
+            return
+        if not self.path.is_file():
+            raise Ig65mError(f"metadata not found: {self.path}")
+        self._shared = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                       check_same_thread=False)
 
     def _connection(self):
+        if self._shared is not None:
+            return self._shared
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            if self.writable:
-                connection = sqlite3.connect(self.path)
-            else:
-                connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                             check_same_thread=False)
+            connection = sqlite3.connect(self.path)
             self._local.connection = connection
         return connection
+
+    def check(self, count):
+        """Refuse a metadata file that is not an SQLite database, is damaged, or does not hold the
+        `count` clips of its index: Ig65mError with one line, instead of a 500 on every request."""
+        try:
+            with self._lock:
+                verdict = self._shared.execute("PRAGMA quick_check").fetchone()[0]
+                clips, top = self._shared.execute("SELECT COUNT(*), MAX(id) FROM clips").fetchone()
+                self._load_files()
+        except sqlite3.DatabaseError as err:
+            raise Ig65mError(f"{self.path} is not a readable index metadata database ({err})") from None
+        if verdict != "ok":
+            raise Ig65mError(f"{self.path} is damaged (SQLite quick_check: {verdict})")
+        if clips != count or (count and top != count - 1):
+            raise Ig65mError(f"{self.path} lists {clips} clips, the index holds {count}: "
+                             "rebuild the index")
+
+    def _load_files(self):
+        """The files table in memory: a search then needs one query on `clips`, no join."""
+        rows = self._connection().execute("SELECT id, COALESCE(source, path), path FROM files")
+        self._files = {file_id: (path, features) for file_id, path, features in rows}
 
     def has_file(self, path):
         row = self._connection().execute("SELECT 1 FROM files WHERE path = ?", (str(path),))
@@ -69,6 +96,7 @@ class MetadataStore:
         `clip_times`: a list of (start, end) seconds, or of (None, None) where no sidecar says.
         """
         connection = self._connection()
+        self._files = None
         cursor = connection.execute(
             "INSERT INTO files (path, source, model, first_id, clips) VALUES (?, ?, ?, ?, ?)",
             (str(path), source, model, first_id, len(clip_times)))
@@ -86,19 +114,71 @@ class MetadataStore:
 
     def clips(self, ids):
         """Metadata of clips `ids` -> {id: {"id", "path", "clip", "start", "end", "features"}};
-        unknown ids are absent. `path` is the source video, or the feature file without a sidecar."""
-        ids = sorted({int(i) for i in ids})
+        unknown ids are absent. `path` is the source video, or the feature file without a sidecar.
+        One query for all of them (in chunks of 900: SQLite caps bound parameters)."""
+        ids = sorted({int(i) for i in ids if 0 <= i <= _MAX_ID})
         found = {}
-        for offset in range(0, len(ids), 900):  # SQLite caps bound parameters per statement
-            chunk = ids[offset:offset + 900]
-            query = _CLIP_QUERY.format(",".join("?" * len(chunk)))
-            for clip_id, path, clip, start, end, features in self._connection().execute(query, chunk):
-                found[clip_id] = {"id": clip_id, "path": path, "clip": clip, "start": start,
-                                  "end": end, "features": features}
+        with self._lock:
+            if self._files is None:
+                self._load_files()
+            for offset in range(0, len(ids), 900):
+                chunk = ids[offset:offset + 900]
+                rows = self._connection().execute(_CLIP_QUERY.format(",".join("?" * len(chunk))),
+                                                  chunk)
+                for clip_id, file_id, clip, start, end in rows:
+                    found[clip_id] = _clip_dict(clip_id, self._files[file_id], clip, start, end)
         return found
 
+    def table(self, count):
+        """Every clip's metadata as a `ClipTable` in memory (24 bytes a clip), read in chunks."""
+        files = np.empty(count, np.int32)
+        clips = np.empty(count, np.int32)
+        times = np.empty((count, 2), np.float64)
+        with self._lock:
+            self._load_files()
+            cursor = self._connection().execute(
+                "SELECT id, file, clip, COALESCE(start, 'nan'), COALESCE(end, 'nan') FROM clips")
+            while rows := cursor.fetchmany(65536):
+                ids, file_ids, numbers, starts, ends = zip(*rows)
+                ids = np.array(ids)
+                files[ids], clips[ids] = file_ids, numbers
+                times[ids, 0], times[ids, 1] = np.array(starts, float), np.array(ends, float)
+        return ClipTable(self._files, files, clips, times)
+
     def close(self):
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+def _clip_dict(clip_id, file, clip, start, end):
+    path, features = file
+    return {"id": clip_id, "path": path, "clip": clip, "start": start, "end": end,
+            "features": features}
+
+
+class ClipTable:
+    """Clip metadata held in arrays indexed by clip id: a search's results cost one numpy gather,
+    not an SQLite query (whose page walks run cold after Faiss has swept the CPU caches)."""
+
+    def __init__(self, files, file_ids, clips, times):
+        self.files, self.file_ids, self.clips, self.times = files, file_ids, clips, times
+
+    def __len__(self):
+        return len(self.clips)
+
+    def lookup(self, ids):
+        """{id: metadata dict} of clip ids `ids` (all within 0 .. len - 1)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        rows = zip(ids.tolist(), self.file_ids[ids].tolist(), self.clips[ids].tolist(),
+                   self.times[ids].tolist())
+        return {clip_id: _clip_dict(clip_id, self.files[file_id], clip, _none(start), _none(end))
+                for clip_id, file_id, clip, (start, end) in rows}
+
+
+def _none(value):
+    return None if value != value else value  # NaN stands for "no time recorded"
