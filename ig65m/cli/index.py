@@ -13,6 +13,7 @@ from ig65m.fileio import load_features
 from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index
 from ig65m.index.client import IndexClient
 from ig65m.index.manifest import METRICS, read_manifest
+from ig65m.index.media import parse_prefixes
 from ig65m.index.server import MAX_K
 
 
@@ -28,8 +29,11 @@ from ig65m.index.server import MAX_K
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=DEFAULT_TARGET_RECALL,
               show_default=True,
               help="Recall@10 the default search breadth (nprobe) is calibrated for.")
+@click.option("--path-prefix", "path_prefixes", multiple=True, metavar="OLD=NEW",
+              help="Record source videos whose path starts with OLD as starting with NEW "
+                   "(repeatable): where the server will find them.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def index_build(paths, index_key, metric, append, target_recall, quiet):
+def index_build(paths, index_key, metric, append, target_recall, path_prefixes, quiet):
     """Index the clips of FEATURES (.npy files or folders of them) into INDEX_DIR.
 
     Prints the index manifest as JSON. INDEX_DIR appears only once complete.
@@ -39,8 +43,13 @@ def index_build(paths, index_key, metric, append, target_recall, quiet):
     *inputs, index_dir = paths
     if append and (index_key or metric):
         raise Ig65mError("--append keeps the index's own --index-key and --metric")
+    try:
+        prefixes = parse_prefixes(path_prefixes)
+    except ValueError as err:
+        raise Ig65mError(str(err)) from None
     manifest = build_index(inputs, index_dir, index_key=index_key, metric=metric or "l2",
-                           append=append, target_recall=target_recall, progress=not quiet)
+                           append=append, target_recall=target_recall, progress=not quiet,
+                           path_prefixes=prefixes)
     click.echo(json.dumps(manifest, indent=2))
 
 
@@ -56,8 +65,26 @@ def index_build(paths, index_key, metric, append, target_recall, quiet):
               help="Requests served at once.")
 @click.option("--omp-threads", type=click.IntRange(1, 1024), default=None,
               help="OpenMP threads per search [cores / --threads, at least 1]")
-def index_serve(index_dir, host, port, token, threads, omp_threads):
-    """Serve INDEX_DIR over HTTP (waitress): GET /healthz, POST /search, GET /clips/ID.
+@click.option("--model", default=None,
+              help="Model that extracts uploaded videos (POST /search/video): the index's own. "
+                   "Loaded on the first upload; without it, uploads take features only.")
+@click.option("--weights", default=None,
+              help="Weights of --model: a .pth, 'random:SEED', or the pretrained release.")
+@click.option("--media-root", "media_roots", multiple=True, type=click.Path(file_okay=False),
+              help="Serve videos and thumbnails only from this folder (repeatable) [the folders "
+                   "the index was built from]")
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=200,
+              show_default=True, help="Largest upload accepted.")
+@click.option("--max-upload-seconds", type=click.FloatRange(0, min_open=True), default=600,
+              show_default=True, help="Longest uploaded video accepted.")
+@click.option("--upload-queue", type=click.IntRange(0, 64), default=2, show_default=True,
+              help="Uploads that may wait while one is extracted; more get 503.")
+@click.option("--thumb-cache-mb", type=click.FloatRange(0, min_open=True), default=256,
+              show_default=True, help="Size bound of the thumbnail cache beside the index.")
+def index_serve(index_dir, host, port, token, threads, omp_threads, model, weights, media_roots,
+                max_upload_mb, max_upload_seconds, upload_queue, thumb_cache_mb):
+    """Serve INDEX_DIR over HTTP (waitress): the search page at /, GET /healthz, POST /search,
+    GET /clips/ID, POST /search/video (uploads), /thumbs/ID and /media/ID.
 
     The server runs in a fresh interpreter (same process id) that never imports torch: the `ig65m`
     command group loads the models, close to 1 GB the server does not need.
@@ -67,6 +94,11 @@ def index_serve(index_dir, host, port, token, threads, omp_threads):
             "--port", str(port), "--threads", str(threads)]
     if omp_threads:
         argv += ["--omp-threads", str(omp_threads)]
+    argv += _page_argv(model=model, weights=weights, max_upload_mb=max_upload_mb,
+                       max_upload_seconds=max_upload_seconds, upload_queue=upload_queue,
+                       thumb_cache_mb=thumb_cache_mb)
+    for root in media_roots:
+        argv += ["--media-root", os.path.abspath(root)]
     if token:
         os.environ["IG65M_TOKEN"] = token  # environment, not argv: argv is public in `ps`
     else:
@@ -74,6 +106,15 @@ def index_serve(index_dir, host, port, token, threads, omp_threads):
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+def _page_argv(**options):
+    """Options of the page (ig65m.index.web.add_arguments) as server argv."""
+    argv = []
+    for name, value in options.items():
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
 
 
 @command("index-query")
@@ -94,11 +135,19 @@ def index_serve(index_dir, host, port, token, threads, omp_threads):
               show_default=True, help="Seconds to wait for each answer.")
 @click.option("--format", "output_format", type=click.Choice(["json", "table"]), default="json",
               show_default=True)
-def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_format,
+@click.option("--remote", is_flag=True,
+              help="Send VIDEO to the server, which extracts it (POST /search/video; no model "
+                   "here) and answers videos with their matching moments; --k counts videos.")
+def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_format, remote,
                 **options):
     """Find the clips nearest to clip CLIP of FEATURES.npy (every clip when CLIP is left out), or
     to the clips of VIDEO (extracted first, with the same model options as `extract`)."""
     client = IndexClient(url or f"http://{host}:{port}", token=token, timeout=timeout)
+    if remote:
+        answer = client.search_video(query, k=min(k, 100), nprobe=nprobe)
+        click.echo(json.dumps(answer, indent=2) if output_format == "json"
+                   else format_videos(answer["videos"]))
+        return
     health = client.health()
     if query.endswith(".npy"):
         vectors, queries, model = _features_query(query, clip)
@@ -168,6 +217,16 @@ def format_table(answers):
                          f"{_span(hit, bare=True):>17}  {hit['path']}")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
+
+
+def format_videos(videos):
+    """Video-level results for people: one line per video, then its matched segments."""
+    lines = [f"{'rank':>4} {'score':>8} {'votes':>5}  path"]
+    for rank, video in enumerate(videos, 1):
+        lines.append(f"{rank:>4} {video['score']:>8.4f} {video['votes']:>5}  {video['path']}")
+        for segment in video["segments"]:
+            lines.append(f"{'':>20}{_span(segment, bare=True):>17} score {segment['score']:.4f}")
+    return "\n".join(lines)
 
 
 def _span(item, bare=False):

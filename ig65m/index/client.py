@@ -1,10 +1,13 @@
 """A small client for the search service; every failure becomes one `Ig65mError` line."""
 
+import os
+
 import numpy as np
 import requests
 
 from ig65m.errors import Ig65mError
-from ig65m.index.server import MAX_VECTORS
+
+MAX_VECTORS = 1024  # vectors per request: ig65m.index.server.MAX_VECTORS (not imported: no Flask here)
 
 
 class IndexClient:
@@ -57,6 +60,23 @@ class IndexClient:
                                    headers={"Content-Type": "application/octet-stream"})
             results.extend(answer["results"])
         return results
+
+
+    def search_video(self, video, k=10, nprobe=None, min_score=None):
+        """Upload `video` (a path) to POST /search/video: the server extracts it with its own
+        model -> {"videos": [...], "query": {...}} (see ig65m.index.grouping)."""
+        form = {"k": str(int(k))}
+        if nprobe is not None:
+            form["nprobe"] = str(int(nprobe))
+        if min_score is not None:
+            form["min_score"] = str(float(min_score))
+        try:
+            upload = open(video, "rb")
+        except OSError as err:
+            raise Ig65mError(f"cannot read {video}: {err.strerror or err}") from None
+        with upload:
+            return self._request("POST", "/search/video", data=form,
+                                 files={"video": (os.path.basename(video), upload)})
 
 
 def _reason(err):

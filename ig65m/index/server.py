@@ -20,6 +20,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, Unauthorized
 
 from ig65m.errors import Ig65mError
+from ig65m.index import web
 from ig65m.index.search import Searcher
 
 MAX_K = 1000
@@ -41,13 +42,17 @@ def omp_threads_for(server_threads, cores=None):
     return max(1, cores // max(1, server_threads))
 
 
-def create_app(index_dir=None, *, searcher=None, token=None, omp_threads=1, max_body=None):
+def create_app(index_dir=None, *, searcher=None, token=None, omp_threads=1, max_body=None,
+               web_options=None):
     """The Flask app serving `index_dir` (or an already loaded `searcher`); `token` requires
-    `Authorization: Bearer <token>` on every route but /healthz."""
+    `Authorization: Bearer <token>` on every route but /healthz (and the page's, see web.py);
+    `web_options`: keyword arguments of `web.make_blueprint` (the search page, media, uploads)."""
     searcher = searcher or Searcher(index_dir)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body or default_body_cap(searcher.dimension)
     app.json.sort_keys = False
+    app.register_blueprint(web.make_blueprint(lambda: searcher, index_dir or ".", token=token,
+                                              **(web_options or {})))
 
     @app.errorhandler(HTTPException)
     def http_error(err):
@@ -64,7 +69,7 @@ def create_app(index_dir=None, *, searcher=None, token=None, omp_threads=1, max_
 
     @app.before_request
     def authorize():
-        if token and request.endpoint != "healthz":
+        if token and request.endpoint != "healthz" and request.endpoint not in web.PUBLIC_ENDPOINTS:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise Unauthorized("missing or wrong bearer token")
@@ -79,9 +84,12 @@ def create_app(index_dir=None, *, searcher=None, token=None, omp_threads=1, max_
 
     @app.post("/search")
     def search():
-        vectors, k, breadth = parse_search(request, searcher.dimension)
+        vectors, k, breadth, options = parse_search(request, searcher.dimension)
         faiss.omp_set_num_threads(omp_threads)  # per worker thread: OpenMP settings are thread-local
-        return jsonify(results=searcher.search(vectors, k, breadth))
+        results = searcher.search(vectors, k, breadth)
+        if options.get("group_by") is not None:
+            return jsonify(web.group_results(searcher, results, options))
+        return jsonify(results=results)
 
     @app.get("/clips/<int:clip_id>")
     def clip(clip_id):
@@ -94,19 +102,20 @@ def create_app(index_dir=None, *, searcher=None, token=None, omp_threads=1, max_
 
 
 def parse_search(req, dimension):
-    """A search request -> (vectors float32 (n, dimension), k, breadth or None); BadRequest else."""
+    """A search request -> (vectors float32 (n, dimension), k, breadth or None, the other options:
+    the JSON body or the query string); BadRequest else."""
     if req.mimetype == "application/octet-stream":
         vectors = _raw_vectors(req.get_data(cache=False), dimension)
         k = _int_arg(req.args.get("k", "10"), "k", 1, MAX_K)
         breadth = req.args.get("nprobe")
         breadth = None if breadth is None else _int_arg(breadth, "nprobe", 1, MAX_BREADTH)
-        return vectors, k, breadth
+        return vectors, k, breadth, req.args
     body = _json_body(req.get_data(cache=False))
     vectors = _json_vectors(body.get("vectors"), dimension)
     k = _int_value(body.get("k", 10), "k", 1, MAX_K)
     breadth = body.get("nprobe")
     breadth = None if breadth is None else _int_value(breadth, "nprobe", 1, MAX_BREADTH)
-    return vectors, k, breadth
+    return vectors, k, breadth, body
 
 
 def _reject_constant(name):
@@ -178,14 +187,15 @@ def _int_arg(text, name, low, high):
     return _int_value(value, name, low, high)
 
 
-def serve(index_dir, *, host="127.0.0.1", port=5000, threads=4, token=None, omp_threads=None):
+def serve(index_dir, *, host="127.0.0.1", port=5000, threads=4, token=None, omp_threads=None,
+          web_options=None):
     """Load `index_dir` and serve it with waitress until interrupted; logs the address to stderr."""
     import waitress
 
     omp_threads = omp_threads or omp_threads_for(threads)
-    app = create_app(index_dir, token=token, omp_threads=omp_threads)
-    # twice Flask's cap, so Flask (not waitress) answers oversized bodies, with a JSON 413
-    body_cap = 2 * app.config["MAX_CONTENT_LENGTH"]
+    app = create_app(index_dir, token=token, omp_threads=omp_threads, web_options=web_options)
+    # twice Flask's caps, so Flask (not waitress) answers oversized bodies, with a JSON 413
+    body_cap = 2 * max(app.config["MAX_CONTENT_LENGTH"], app.config["MAX_UPLOAD_BYTES"])
     server = waitress.create_server(app, host=host, port=port, threads=threads,
                                     max_request_body_size=body_cap, ident="ig65m")
     _exit_on_sigterm()
@@ -214,10 +224,12 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--omp-threads", type=int, default=None)
+    web.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         serve(args.index_dir, host=args.host, port=args.port, threads=args.threads,
-              token=os.environ.get("IG65M_TOKEN") or None, omp_threads=args.omp_threads)
+              token=os.environ.get("IG65M_TOKEN") or None, omp_threads=args.omp_threads,
+              web_options=web.options_from(args))
     except OSError as err:
         print(f"error: cannot listen on {args.host}:{args.port} ({err.strerror or err})",
               file=sys.stderr)

@@ -13,6 +13,9 @@ from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
 
 CHUNK_ROWS = 65536
+# sidecar keys a server needs to extract queries the way the collection was extracted
+EXTRACTION_KEYS = ("model", "weights_sha256", "feature_dim", "clip_frames", "step", "fps",
+                   "frame_size", "crop_size", "tail", "pool_spatial", "pool_temporal")
 
 
 @dataclass
@@ -26,6 +29,7 @@ class FeatureFile:
     source: str | None
     model: str | None
     clip_times: list
+    extraction: dict | None = None
 
     def features(self):
         """The (rows, dim) array, memory-mapped."""
@@ -72,7 +76,8 @@ def open_feature_file(path):
         except (TypeError, ValueError):
             raise Ig65mError(f"sidecar of {path}: clips must be [start, end] seconds") from None
     return FeatureFile(path=Path(path), rows=rows, dim=dim, source=meta.get("source"),
-                       model=meta.get("model"), clip_times=clip_times)
+                       model=meta.get("model"), clip_times=clip_times,
+                       extraction={key: meta[key] for key in EXTRACTION_KEYS if key in meta} or None)
 
 
 def open_feature_files(paths, *, dim=None, model=None):

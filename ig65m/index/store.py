@@ -97,6 +97,16 @@ class MetadataStore:
                                   "end": end, "features": features}
         return found
 
+    def videos(self):
+        """Every indexed video, in id order -> [{"video" (file id), "path" (source video, or the
+        feature file), "first_id", "clips", "duration" (end of its last clip, None unknown)}]."""
+        rows = self._connection().execute(
+            "SELECT files.id, COALESCE(files.source, files.path), files.first_id, files.clips, "
+            "MAX(clips.end) FROM files JOIN clips ON clips.file = files.id "
+            "GROUP BY files.id ORDER BY files.id")
+        return [{"video": video, "path": path, "first_id": first, "clips": clips, "duration": end}
+                for video, path, first, clips, end in rows]
+
     def close(self):
         connection = getattr(self._local, "connection", None)
         if connection is not None:
