@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -285,3 +286,46 @@ def test_browser_asks_the_token_then_searches_plays_and_uploads(server, collecti
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("IG65M_SCREENSHOT"):
         SCREENSHOT.write_bytes(shot)
+
+
+@pytest.mark.skip(reason="needs issue 11 item 6 (a running server swaps to an appended index: "
+                         "manifest watch, POST /reload, SIGHUP), which w17-serve builds")
+def test_append_while_serving_is_seen_without_restart(server, collection):
+    """index-build --append while requests run: all answer 200, and the new video is found."""
+    features = collection.root / "features"
+    shutil.copy(collection.videos / "negative.mp4", collection.videos / "again.mp4")
+    meta = json.loads((features / "negative.json").read_text())
+    extra = collection.root / "extra"
+    extra.mkdir()
+    np.save(extra / "again.npy", np.load(features / "negative.npy"))
+    (extra / "again.json").write_text(json.dumps(dict(meta, source=str(collection.videos / "again.mp4"))))
+    before = requests.get(f"{server}/healthz", timeout=30).json()["count"]
+    statuses, stop = [], threading.Event()
+
+    def hammer():
+        with requests.Session() as session:
+            while not stop.is_set():
+                statuses.append(session.post(f"{server}/search/clip", headers=AUTH, timeout=60,
+                                             json={"id": 0, "k": 10}).status_code)
+
+    with ThreadPoolExecutor(2) as pool:
+        loops = [pool.submit(hammer) for _ in range(2)]
+        result = CliRunner().invoke(main, ["index-build", str(extra), str(collection.index),
+                                           "--append", "--quiet"])
+        assert result.exit_code == 0, result.output
+        deadline = time.monotonic() + 30
+        while requests.get(f"{server}/healthz", timeout=30).json()["count"] == before:
+            assert time.monotonic() < deadline, "the server did not see the appended clips"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stop.set()
+        for loop in loops:
+            loop.result()
+    assert statuses and set(statuses) == {200}
+    names = [video["name"] for video in requests.get(f"{server}/videos", headers=AUTH,
+                                                     timeout=30).json()["videos"]]
+    assert "again.mp4" in names
+    again = ids_of(server, "again.mp4")
+    answer = requests.post(f"{server}/search/clip", headers=AUTH, json={"id": again[0], "k": 10},
+                           timeout=60).json()
+    assert "again.mp4" in [video["name"] for video in answer["videos"][:2]]

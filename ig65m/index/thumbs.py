@@ -12,9 +12,6 @@ import os
 import threading
 from pathlib import Path
 
-import av
-from PIL import Image
-
 from ig65m.fileio import atomic_path
 
 THUMB_WIDTH = 160
@@ -61,6 +58,8 @@ class ThumbnailCache:
 def frame_at(video, seconds, width=THUMB_WIDTH):
     """The first frame of `video` at or after `seconds` (the last one before the end else), as a
     PIL image `width` pixels wide."""
+    import av  # here, not at import: a server start-up stays as light as before the page
+
     with av.open(os.fspath(video)) as container:
         stream = container.streams.video[0]
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
@@ -76,4 +75,4 @@ def frame_at(video, seconds, width=THUMB_WIDTH):
             raise ValueError("no frame decoded")
         image = chosen.to_image()
     height = max(1, round(image.height * width / image.width))
-    return image.resize((width, height), Image.BILINEAR)
+    return image.resize((width, height))

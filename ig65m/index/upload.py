@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 
-import av
 import numpy as np
 
 from ig65m.errors import Ig65mError
@@ -62,7 +62,8 @@ class UploadSearch:
         return bool(self.model)
 
     def video_vectors(self, upload):
-        """A video upload (a werkzeug FileStorage) -> (vectors (n, D), clip times [(start, end)])."""
+        """A video upload (a werkzeug FileStorage) -> (vectors (n, D), clip times [(start, end)],
+        seconds spent {"model_load", "extract"})."""
         if not self.enabled:
             raise UploadRejected(400, "this server searches by video only when started with "
                                       "--model (and --weights): upload a features .npy instead")
@@ -79,7 +80,9 @@ class UploadSearch:
             self._slots.release()
 
     def _extract(self, path):
+        started = time.perf_counter()
         extractor = self._load()
+        loaded = time.perf_counter()
         options = {key: self.extraction.get(key) for key in
                    ("clip_frames", "step", "fps", "frame_size", "crop_size")}
         options["tail"] = self.extraction.get("tail") or "pad"
@@ -87,7 +90,8 @@ class UploadSearch:
             features, meta = extractor.features(path, duration=self.max_seconds, **options)
         except Ig65mError as err:
             raise UploadRejected(400, f"cannot read the uploaded video: {_short(err)}") from None
-        return features, [tuple(times) for times in meta["clips"]]
+        seconds = {"model_load": loaded - started, "extract": time.perf_counter() - loaded}
+        return features, [tuple(times) for times in meta["clips"]], seconds
 
     def _load(self):
         if self._extractor is None:
@@ -131,6 +135,8 @@ def features_vectors(npy_upload, sidecar_upload, dimension, model=None):
 
 def probe_seconds(path):
     """The duration of the video at `path`, from its container; UploadRejected for non-videos."""
+    import av  # here, not at import: a server start-up stays as light as before the page
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

@@ -117,14 +117,17 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
     @web.post("/search/video")
     def search_video():
         request.max_content_length = current_app.config["MAX_UPLOAD_BYTES"]
+        started = time.perf_counter()
         current = get_searcher()
         form, files = request.form, request.files
+        seconds = {"receive": time.perf_counter() - started}
         try:
             if "features" in files:
                 vectors, times = features_vectors(files["features"], files.get("sidecar"),
                                                   current.dimension, current.manifest.get("model"))
             elif "video" in files:
-                vectors, times = uploads.video_vectors(files["video"])
+                vectors, times, spent = uploads.video_vectors(files["video"])
+                seconds.update(spent)
             else:
                 raise UploadRejected(400, "send a multipart form with a 'video' file, or a "
                                           "'features' .npy (and its 'sidecar' .json)")
@@ -132,8 +135,10 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
             return jsonify(error=str(err)), err.status
         except Busy as err:
             return jsonify(error=str(err)), 503
+        searched = time.perf_counter()
         answer = page_search(current, vectors, form, query_times=times)
-        return jsonify(dict(answer, query={"clips": len(vectors)}))
+        seconds["search"] = time.perf_counter() - searched
+        return jsonify(dict(answer, query={"clips": len(vectors), "seconds": seconds}))
 
     @web.get("/thumbs/<int:clip_id>")
     def thumb(clip_id):

@@ -88,7 +88,10 @@ async function run(search) {
     const answer = await search();
     render(answer.videos);
     const took = ((performance.now() - started) / 1000).toFixed(2);
-    setStatus(`${answer.videos.length} videos matched (query: ${answer.query.clips || 1} clips) in ${took} s`);
+    const spent = answer.query.seconds || {};
+    const model = spent.extract === undefined ? ""
+      : `, the model ${(spent.model_load + spent.extract).toFixed(2)} s of it`;
+    setStatus(`${answer.videos.length} videos matched (query: ${answer.query.clips || 1} clips) in ${took} s${model}`);
   } catch (error) {
     setStatus(error.message, true);
   } finally {
