@@ -90,3 +90,26 @@ def test_index_build_records_absolute_sources_and_maps_prefixes(tmp_path, monkey
     with pytest.raises(ValueError):
         parse_prefixes(["no-equals-sign"])
     assert np.isfinite(vectors).all()
+
+
+def test_thumbnail_cache_stays_under_its_bound(tmp_path):
+    from ig65m.index.thumbs import ThumbnailCache
+    from tests.videos import lossless_video
+
+    video = tmp_path / "v.mp4"
+    lossless_video(video, 40, fps=10)
+    cache = ThumbnailCache(tmp_path / "thumbs", max_bytes=4000)
+    made = [cache.path(clip, video, clip * 0.5) for clip in range(8)]
+    assert made[-1].read_bytes()[:3] == b"\xff\xd8\xff"
+    left = list((tmp_path / "thumbs").glob("*/*.jpg"))
+    assert 0 < sum(path.stat().st_size for path in left) <= 4000 and made[-1] in left
+
+
+def test_client_imports_without_flask_faiss_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, ig65m.index.client; "
+            "print(sorted({'flask', 'faiss', 'torch'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

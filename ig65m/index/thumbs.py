@@ -25,6 +25,7 @@ class ThumbnailCache:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._total = None  # bytes in the cache, counted once, then kept up to date
         self._making = threading.BoundedSemaphore(2)  # decoding is CPU work: two at a time
 
     def path(self, clip_id, video, seconds):
@@ -38,21 +39,29 @@ class ThumbnailCache:
                 image = frame_at(video, seconds)
                 with atomic_path(target) as tmp:
                     image.save(tmp, format="JPEG", quality=80)
-                self._trim()
+                self._added(target.stat().st_size)
         return target
 
-    def _trim(self):
+    def _added(self, size):
         with self._lock:
-            files = [(entry.stat().st_mtime, entry.stat().st_size, entry)
-                     for entry in self.folder.glob("*/*.jpg")]
-            total = sum(size for _, size, _ in files)
-            if total <= self.max_bytes:
-                return
-            for _, size, entry in sorted(files, key=lambda item: item[0]):
-                if total <= 0.9 * self.max_bytes:
-                    break
-                entry.unlink(missing_ok=True)
-                total -= size
+            if self._total is None:
+                self._total = sum(entry.stat().st_size for entry in self.folder.glob("*/*.jpg"))
+            else:
+                self._total += size
+            if self._total > self.max_bytes:
+                self._total = self._trim()
+
+    def _trim(self):
+        """Remove the oldest thumbnails until under 90% of the bound -> bytes left."""
+        files = sorted((entry.stat().st_mtime, entry.stat().st_size, entry)
+                       for entry in self.folder.glob("*/*.jpg"))
+        total = sum(size for _, size, _ in files)
+        for _, size, entry in files:
+            if total <= 0.9 * self.max_bytes:
+                break
+            entry.unlink(missing_ok=True)
+            total -= size
+        return total
 
 
 def frame_at(video, seconds, width=THUMB_WIDTH):
