@@ -1,4 +1,5 @@
-"""Video-level grouping (temporal vote) and media path rules: pure functions, real files."""
+"""The parts behind the search page: grouping (temporal vote), media roots, path recording,
+thumbnail cache, upload limits; pure functions and real files, no server."""
 
 import json
 import os
@@ -113,3 +114,25 @@ def test_client_imports_without_flask_faiss_or_torch():
             "print(sorted({'flask', 'faiss', 'torch'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_upload_limits_are_checked_before_any_model_loads(tmp_path):
+    from werkzeug.datastructures import FileStorage
+
+    from ig65m.errors import Ig65mError
+    from ig65m.index.upload import UploadRejected, UploadSearch
+    from tests.videos import lossless_video
+
+    manifest = {"dimension": 512, "model": "r2plus1d_34_8_ig65m"}
+    with pytest.raises(Ig65mError, match="differs from the index's model"):
+        UploadSearch(manifest, model="r2plus1d_18_16_kinetics")
+    video = tmp_path / "two-seconds.mp4"
+    lossless_video(video, 20, fps=10)
+    uploads = UploadSearch(manifest, model="r2plus1d_34_8_ig65m", max_seconds=1.5)
+    with open(video, "rb") as handle, pytest.raises(UploadRejected) as rejected:
+        uploads.video_vectors(FileStorage(handle))
+    assert rejected.value.status == 413 and "at most 1.5 s" in str(rejected.value)
+    assert uploads._extractor is None
+    with pytest.raises(UploadRejected) as rejected:
+        UploadSearch(manifest).video_vectors(None)
+    assert rejected.value.status == 400 and "--model" in str(rejected.value)
