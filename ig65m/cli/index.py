@@ -136,15 +136,16 @@ def _page_argv(**options):
 @click.option("--format", "output_format", type=click.Choice(["json", "table"]), default="json",
               show_default=True)
 @click.option("--remote", is_flag=True,
-              help="Send VIDEO to the server, which extracts it (POST /search/video; no model "
-                   "here) and answers videos with their matching moments; --k counts videos.")
+              help="Send VIDEO (or FEATURES.npy and its sidecar) to the server, which extracts it "
+                   "(POST /search/video; no model here) and answers videos with their matching "
+                   "moments; --k counts videos.")
 def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_format, remote,
                 **options):
     """Find the clips nearest to clip CLIP of FEATURES.npy (every clip when CLIP is left out), or
     to the clips of VIDEO (extracted first, with the same model options as `extract`)."""
     client = IndexClient(url or f"http://{host}:{port}", token=token, timeout=timeout)
     if remote:
-        answer = client.search_video(query, k=min(k, 100), nprobe=nprobe)
+        answer = client.search_upload(query, k=min(k, 100), nprobe=nprobe)
         click.echo(json.dumps(answer, indent=2) if output_format == "json"
                    else format_videos(answer["videos"]))
         return

@@ -51,7 +51,7 @@ def create_app(index_dir=None, *, searcher=None, token=None, omp_threads=1, max_
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body or default_body_cap(searcher.dimension)
     app.json.sort_keys = False
-    app.register_blueprint(web.make_blueprint(lambda: searcher, index_dir or ".", token=token,
+    app.register_blueprint(web.make_blueprint(lambda: searcher, index_dir, token=token,
                                               **(web_options or {})))
 
     @app.errorhandler(HTTPException)

@@ -1,7 +1,7 @@
 """The search page and what it needs, as a Flask Blueprint registered by `create_app`.
 
-Routes: `GET /` and `/assets/...` (the page; HTML/CSS/JS in ig65m/index/static, no framework, nothing fetched from
-elsewhere), `GET /videos` (the collection), `GET /videos/<video>` (its clips), `POST /search/clip`
+Routes: `GET /` and `/assets/...` (the page; HTML/CSS/JS in ig65m/index/static, no framework,
+nothing fetched from elsewhere), `GET /videos` (the collection), `GET /videos/<video>` (its clips), `POST /search/clip`
 (`{"id": CLIP, "k", "min_score", "exclude_own"}`), `POST /search/video` (multipart: `video`, or
 `features` + optional `sidecar`; form fields `k`, `min_score`), `GET /thumbs/<clip id>` (JPEG),
 `GET /media/<clip id>` (the clip's source video, with HTTP range requests). Searches answer
@@ -59,16 +59,23 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
                    max_upload_mb=DEFAULT_MAX_MB, max_upload_seconds=DEFAULT_MAX_SECONDS,
                    upload_queue=DEFAULT_QUEUE, thumb_cache_mb=DEFAULT_CACHE_MB):
     """The Blueprint over the index `get_searcher()` returns (called per request, so a reloaded
-    index is seen)."""
+    index is seen); thumbnails are cached beside `index_dir` (none without one)."""
     searcher = get_searcher()
     web = Blueprint("web", __name__)
     signer = UrlSigner(token)
     web.record_once(lambda state: _configure(state.app, max_upload_mb, signer))
-    roots = MediaRoots(media_roots, searcher.manifest.get("media_roots") or [])
-    thumbs = ThumbnailCache(f"{os.path.abspath(index_dir)}.thumbs", int(thumb_cache_mb * (1 << 20)))
+    thumbs = index_dir and ThumbnailCache(f"{os.path.abspath(index_dir)}.thumbs",
+                                          int(thumb_cache_mb * (1 << 20)))
     uploads = UploadSearch(searcher.manifest, model=model, weights=weights,
                            max_seconds=max_upload_seconds, queue=upload_queue)
     videos_cache = {}
+
+    def source_of(clip_id):
+        """The real path of clip `clip_id`'s video, inside the media roots; 403/404 else."""
+        current = get_searcher()
+        meta = _clip_or_404(current, clip_id)
+        roots = MediaRoots(media_roots, current.manifest.get("media_roots") or [])
+        return meta, _resolve(roots, meta["path"])
 
     @web.get("/")
     def page():
@@ -143,8 +150,9 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
     @web.get("/thumbs/<int:clip_id>")
     def thumb(clip_id):
         signer.check(request)
-        meta = _clip_or_404(get_searcher(), clip_id)
-        video = _resolve(roots, meta["path"])
+        meta, video = source_of(clip_id)
+        if not thumbs:
+            raise NotFound("thumbnails need the server to know its index folder")
         middle = ((meta["start"] or 0.0) + (meta["end"] or meta["start"] or 0.0)) / 2
         try:
             path = thumbs.path(clip_id, video, middle)
@@ -155,7 +163,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
     @web.get("/media/<int:clip_id>")
     def media(clip_id):
         signer.check(request)
-        video = _resolve(roots, _clip_or_404(get_searcher(), clip_id)["path"])
+        _, video = source_of(clip_id)
         return send_file(video, conditional=True, max_age=0)
 
     return web
