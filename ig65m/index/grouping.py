@@ -10,8 +10,9 @@ video v (at time t_j) votes for the offset t_j - q_i of video v, in bins of one 
 near-duplicate, or the same scene somewhere else, puts many query clips on one offset (one
 diagonal of the query-time x match-time plane); unrelated hits scatter over many offsets. A video's
 `votes` is the number of distinct query clips on its best diagonal (a bin and its neighbour, to
-absorb clip boundaries that do not line up; one match per query clip, its best); videos rank by votes, then by best score, and their
-segments are the matched clips on that diagonal. A single-clip query degenerates to ranking by score.
+absorb clip boundaries that do not line up; one match per query clip, its best); videos rank by
+votes, then by best score. Their first segment is the diagonal's clips merged; the video's other
+matching moments follow. A single-clip query degenerates to ranking by score.
 
 Which hits count as matches: those scoring at least `min_score` when given; else the better half
 of each query clip's neighbours (at least MIN_KEPT of them), so that a small collection, where
@@ -85,8 +86,10 @@ def _query_starts(query_times, count, length):
 def _video(path, hits, query_starts, length, on_diagonal):
     matched = diagonal_hits(hits, query_starts, length) if on_diagonal else hits
     best = max(matched, key=lambda hit: hit["score"])
+    on = {hit["clip"] for hit in matched}
+    elsewhere = [hit for hit in hits if hit["clip"] not in on]  # its other moments, after
     return {"path": path, "score": best["score"], "votes": len({hit["query"] for hit in matched}),
-            "best": _public(best), "segments": merge_segments(matched)}
+            "best": _public(best), "segments": merge_segments(matched) + merge_segments(elsewhere)}
 
 
 def diagonal_hits(hits, query_starts, length):

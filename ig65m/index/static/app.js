@@ -137,7 +137,7 @@ function card(video, rank) {
     figure.addEventListener("click", (event) => { event.stopPropagation(); play(video, segment); });
     return figure;
   }));
-  const votes = video.votes > 1 ? ` · ${video.votes} query clips in order` : "";
+  const votes = video.votes > 1 ? ` · ${video.votes} clips in order` : "";
   const node = el("article", { className: "card", tabIndex: 0 },
     el("img", { className: "main-thumb", src: best.thumb, alt: `${video.name} at ${seconds(best.start)}` }),
     el("div", { className: "body" },
