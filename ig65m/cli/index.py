@@ -1,6 +1,7 @@
 """`index-build`, `index-serve`, `index-query`: clip search over a collection of feature files."""
 
 import json
+import os
 
 import click
 
@@ -11,7 +12,8 @@ from ig65m.defaults import MAX_K
 from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index
 from ig65m.index.client import IndexClient
 from ig65m.index.manifest import METRICS
-from ig65m.index.query import format_table, query_index
+from ig65m.index.media import parse_prefixes
+from ig65m.index.query import format_table, format_videos, query_index
 from ig65m.index.server import ServeOptions, serve
 
 
@@ -27,8 +29,11 @@ from ig65m.index.server import ServeOptions, serve
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=DEFAULT_TARGET_RECALL,
               show_default=True,
               help="Recall@10 the default search breadth (nprobe) is calibrated for.")
+@click.option("--path-prefix", "path_prefixes", multiple=True, metavar="OLD=NEW",
+              help="Record source videos whose path starts with OLD as starting with NEW "
+                   "(repeatable): where the server will find them.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def index_build(paths, index_key, metric, append, target_recall, quiet):
+def index_build(paths, index_key, metric, append, target_recall, path_prefixes, quiet):
     """Index the clips of FEATURES (.npy files or folders of them) into INDEX_DIR.
 
     Prints the index manifest as JSON. INDEX_DIR appears only once complete.
@@ -38,8 +43,13 @@ def index_build(paths, index_key, metric, append, target_recall, quiet):
     *inputs, index_dir = paths
     if append and (index_key or metric):
         raise Ig65mError("--append keeps the index's own --index-key and --metric")
+    try:
+        prefixes = parse_prefixes(path_prefixes)
+    except ValueError as err:
+        raise Ig65mError(str(err)) from None
     manifest = build_index(inputs, index_dir, index_key=index_key, metric=metric or "l2",
-                           append=append, target_recall=target_recall, progress=not quiet)
+                           append=append, target_recall=target_recall, progress=not quiet,
+                           path_prefixes=prefixes)
     click.echo(json.dumps(manifest, indent=2))
 
 
@@ -70,16 +80,38 @@ def index_build(paths, index_key, metric, append, target_recall, quiet):
               help="Allow cross-origin requests from this origin ('*': any); repeatable.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per request on stderr.")
-def index_serve(index_dir, token, cors_origin, access_log, **options):
-    """Serve INDEX_DIR over HTTP (waitress): GET /healthz, POST /search, GET /clips/ID,
-    POST /reload.
+@click.option("--model", default=None,
+              help="Model that extracts uploaded videos (POST /search/video): the index's own. "
+                   "Loaded on the first upload; without it, uploads take features only.")
+@click.option("--weights", default=None,
+              help="Weights of --model: a .pth, 'random:SEED', or the pretrained release.")
+@click.option("--media-root", "media_roots", multiple=True, type=click.Path(file_okay=False),
+              help="Serve videos and thumbnails only from this folder (repeatable) [the folders "
+                   "the index was built from]")
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=200,
+              show_default=True, help="Largest upload accepted.")
+@click.option("--max-upload-seconds", type=click.FloatRange(0, min_open=True), default=600,
+              show_default=True, help="Longest uploaded video accepted.")
+@click.option("--upload-queue", type=click.IntRange(0, 64), default=2, show_default=True,
+              help="Uploads that may wait while one is extracted; more get 503.")
+@click.option("--thumb-cache-mb", type=click.FloatRange(0, min_open=True), default=256,
+              show_default=True, help="Size bound of the thumbnail cache beside the index.")
+def index_serve(index_dir, token, cors_origin, access_log, model, weights, media_roots,
+                max_upload_mb, max_upload_seconds, upload_queue, thumb_cache_mb, **options):
+    """Serve INDEX_DIR over HTTP (waitress): the search page at /, GET /healthz, POST /search,
+    GET /clips/ID, POST /reload, POST /search/video (uploads), /thumbs/ID and /media/ID.
 
     The `ig65m` command group loads only this command's module, so the server never imports
     torch.
     """
+    web_options = dict(model=model, weights=weights, max_upload_mb=max_upload_mb,
+                       media_roots=[os.path.abspath(root) for root in media_roots],
+                       max_upload_seconds=max_upload_seconds, upload_queue=upload_queue,
+                       thumb_cache_mb=thumb_cache_mb)
     options = ServeOptions(token=token or None, cors_origins=tuple(cors_origin),
-                           access_log=access_log, **options)
+                           access_log=access_log, web_options=web_options, **options)
     serve(index_dir, options)
+
 
 
 @command("index-query")
@@ -100,11 +132,20 @@ def index_serve(index_dir, token, cors_origin, access_log, **options):
               show_default=True, help="Seconds to wait for each answer.")
 @click.option("--format", "output_format", type=click.Choice(["json", "table"]), default="json",
               show_default=True)
-def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_format,
+@click.option("--remote", is_flag=True,
+              help="Send VIDEO (or FEATURES.npy and its sidecar) to the server, which extracts it "
+                   "(POST /search/video; no model here) and answers videos with their matching "
+                   "moments; --k counts videos.")
+def index_query(query, clip, k, nprobe, url, host, port, token, timeout, output_format, remote,
                 **options):
     """Find the clips nearest to clip CLIP of FEATURES.npy (every clip when CLIP is left out), or
     to the clips of VIDEO (extracted first, with the same model options as `extract`)."""
     client = IndexClient(url or f"http://{host}:{port}", token=token, timeout=timeout)
+    if remote:
+        answer = client.search_upload(query, k=min(k, 100), nprobe=nprobe)
+        click.echo(json.dumps(answer, indent=2) if output_format == "json"
+                   else format_videos(answer["videos"]))
+        return
     model_kwargs, run_kwargs = split_model_options(options)
     answers = query_index(client, query, clip, k=k, nprobe=nprobe, model_kwargs=model_kwargs,
                           run_kwargs=run_kwargs)

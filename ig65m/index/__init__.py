@@ -1,17 +1,18 @@
 """Clip search: build an index directory from feature files, serve it over HTTP, query it.
 
-Importing the package loads nothing heavy: `ig65m.index.client` needs neither Faiss nor Flask.
-`build_index`, `choose_index_key` and `Searcher` load Faiss when first used.
+The names below load on first use, so that `ig65m.index.client` (and the page's helpers) import
+without Faiss or Flask.
 """
 
-__all__ = ["build_index", "choose_index_key", "Searcher"]
+import importlib
+
+_EXPORTS = {"build_index": "ig65m.index.build", "choose_index_key": "ig65m.index.build",
+            "Searcher": "ig65m.index.search"}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in ("build_index", "choose_index_key"):
-        from ig65m.index import build
-        return getattr(build, name)
-    if name == "Searcher":
-        from ig65m.index.search import Searcher
-        return Searcher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
 from ig65m.fileio import check_writable, write_json
+from ig65m.index.media import locate_source, recorded_roots
 from ig65m.index.manifest import INDEX_FILE, METADATA_FILE, MANIFEST_FILE, METRICS, read_manifest
 from ig65m.index.search import search_knob
 from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_files, sample_rows
@@ -186,17 +187,19 @@ def replace_dir(staged, index_dir):
 
 
 def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
-                target_recall=DEFAULT_TARGET_RECALL, progress=True):
+                target_recall=DEFAULT_TARGET_RECALL, progress=True, path_prefixes=()):
     """Build `index_dir` from feature files/folders `inputs`, or with `append=True` add the files not
-    yet in it. Returns the manifest dict written."""
+    yet in it; source paths are recorded absolute after `path_prefixes` [(OLD, NEW)] rewriting
+    (see ig65m.index.media). Returns the manifest dict written."""
     index_dir = Path(index_dir)
     if append:
-        return _append(inputs, index_dir, progress)
+        return _append(inputs, index_dir, progress, path_prefixes)
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     if index_dir.exists():
         raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
     files = open_feature_files(find_feature_files(inputs))
+    locate_sources(files, path_prefixes)
     check_inputs(files, progress)
     count, dim = sum(item.rows for item in files), files[0].dim
     index_key = index_key or choose_index_key(count, dim)
@@ -221,7 +224,13 @@ def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
     return manifest
 
 
-def _append(inputs, index_dir, progress):
+def locate_sources(files, prefixes):
+    """Record each file's source video as a path the server can resolve (ig65m.index.media)."""
+    for item in files:
+        item.source = locate_source(item.source, item.path, prefixes)
+
+
+def _append(inputs, index_dir, progress, path_prefixes=()):
     manifest = read_manifest(index_dir)
     with staging_dir(index_dir) as tmp:
         shutil.copy2(index_dir / METADATA_FILE, tmp / METADATA_FILE)
@@ -236,14 +245,18 @@ def _append(inputs, index_dir, progress):
             store.close()
             return manifest
         files = open_feature_files(paths, dim=manifest["dimension"], model=manifest.get("model"))
+        locate_sources(files, path_prefixes)
         check_inputs(files, progress)
         index = faiss.read_index(str(index_dir / INDEX_FILE))
         add_files(index, store, files, manifest["metric"], progress)
         store.close()
-        model = manifest.get("model")
+        model, roots = manifest.get("model"), manifest.get("media_roots", [])
+        extraction = manifest.get("extraction")
         manifest.update(_manifest(index, manifest["index_key"], manifest["metric"], files,
                                   manifest["files"] + len(files), created=manifest["created"]))
         manifest["model"] = model or manifest["model"]
+        manifest["media_roots"] = sorted(set(roots) | set(manifest["media_roots"]))
+        manifest["extraction"] = extraction or manifest["extraction"]
         _write(index, manifest, tmp)
         replace_dir(tmp, index_dir)
     return manifest
@@ -254,6 +267,8 @@ def _manifest(index, index_key, metric, files, file_count, created=None):
     model = next((item.model for item in files if item.model), None)
     return {"format": 1, "dimension": index.d, "metric": metric, "count": int(index.ntotal),
             "index_key": index_key, "model": model, "files": file_count,
+            "media_roots": recorded_roots(item.source for item in files),
+            "extraction": next((item.extraction for item in files if item.extraction), None),
             "created": created or now, "updated": now, "faiss_version": faiss.__version__}
 
 

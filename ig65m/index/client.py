@@ -1,5 +1,8 @@
 """A small client for the search service; every failure becomes one `Ig65mError` line."""
 
+import contextlib
+from pathlib import Path
+
 import numpy as np
 import requests
 
@@ -57,6 +60,29 @@ class IndexClient:
                                    headers={"Content-Type": "application/octet-stream"})
             results.extend(answer["results"])
         return results
+
+
+    def search_upload(self, path, k=10, nprobe=None, min_score=None):
+        """Upload a video (extracted by the server's own model), or a features .npy with its
+        sidecar, to POST /search/video -> {"videos": [...], "query": {...}} (ig65m.index.grouping)."""
+        form = {"k": str(int(k))}
+        if nprobe is not None:
+            form["nprobe"] = str(int(nprobe))
+        if min_score is not None:
+            form["min_score"] = str(float(min_score))
+        path = Path(path)
+        parts = {"features": path, "sidecar": path.with_suffix(".json")} if path.suffix == ".npy" \
+            else {"video": path}
+        with contextlib.ExitStack() as stack:
+            files = {}
+            for field, file in parts.items():
+                if field == "sidecar" and not file.is_file():
+                    continue
+                try:
+                    files[field] = (file.name, stack.enter_context(open(file, "rb")))
+                except OSError as err:
+                    raise Ig65mError(f"cannot read {file}: {err.strerror or err}") from None
+            return self._request("POST", "/search/video", data=form, files=files)
 
 
 def _reason(err):

@@ -84,3 +84,13 @@ def _span(item, bare=False):
         return "" if not bare else "-"
     text = f"{item['start']:.2f}-{item['end']:.2f}"
     return text if bare else f" [{text} s]"
+
+
+def format_videos(videos):
+    """Video-level results for people: one line per video, then its matched segments."""
+    lines = [f"{'rank':>4} {'score':>8} {'votes':>5}  path"]
+    for rank, video in enumerate(videos, 1):
+        lines.append(f"{rank:>4} {video['score']:>8.4f} {video['votes']:>5}  {video['path']}")
+        for segment in video["segments"]:
+            lines.append(f"{'':>20}{_span(segment, bare=True):>17} score {segment['score']:.4f}")
+    return "\n".join(lines)

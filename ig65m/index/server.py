@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import orjson
@@ -23,6 +23,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Conflict, HTTPException, NotFound
 
 from ig65m.errors import Ig65mError
+from ig65m.index import web
 from ig65m.index.batching import Batcher
 from ig65m.index.fastpath import FastSearch
 from ig65m.index.live import LiveIndex
@@ -57,10 +58,11 @@ class JSONProvider(DefaultJSONProvider):
 
 def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_threads=1,
                max_body=None, batch_window=0.0005, cors_origins=(), access_log=False,
-               on_reload=None):
+               on_reload=None, web_options=None):
     """The Flask app serving `index_dir` (or a `LiveIndex`, or one loaded `searcher`); `token`
     requires `Authorization: Bearer <token>` on every route but /healthz. Concurrent searches are
-    batched (`batch_window` seconds at most under load); `on_reload()` runs for POST /reload."""
+    batched (`batch_window` seconds at most under load); `on_reload()` runs for POST /reload.
+    `web_options`: keyword arguments of `web.make_blueprint` (the search page, media, uploads)."""
     if live is None:
         live = LiveIndex(index_dir, interval=0) if searcher is None else _Fixed(searcher)
     batcher = Batcher(window=batch_window)
@@ -69,10 +71,13 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
     app.config["MAX_CONTENT_LENGTH"] = max_body or default_body_cap(live.current.dimension)
     app.extensions["ig65m"] = live
     _error_handlers(app)
+    app.register_blueprint(web.make_blueprint(lambda: live.current,
+                                              index_dir or getattr(live, "index_dir", None), token=token,
+                                              **(web_options or {})))
 
     @app.before_request
     def authorize():
-        if request.endpoint != "healthz":
+        if request.endpoint != "healthz" and request.endpoint not in web.PUBLIC_ENDPOINTS:
             check_token(request.headers.get("Authorization", ""), token)
 
     @app.get("/healthz")
@@ -91,6 +96,9 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
         query = parse_search(request, current.dimension)
         faiss.omp_set_num_threads(omp_threads)  # per thread: OpenMP settings are thread-local
         distances, ids = batcher.search(current, query.vectors, query.k, query.breadth)
+        if query.params.get("group_by") is not None:
+            results = current.results(distances, ids)
+            return app.json.response(web.group_results(current, results, query.params))
         return app.json.response(answer(current, query, distances, ids))
 
     @app.get("/clips/<int:clip_id>")
@@ -159,6 +167,7 @@ class ServeOptions:
     idle_timeout: float = 30.0
     cors_origins: tuple = ()
     access_log: bool = True
+    web_options: dict = field(default_factory=dict)  # the page's: see web.make_blueprint
 
 
 def listen(host, port):
@@ -213,11 +222,13 @@ def _run_worker(sock, options, omp, live, master=None):
 
     app = create_app(live=live, token=options.token, omp_threads=omp,
                      batch_window=options.batch_window_ms / 1000, cors_origins=options.cors_origins,
-                     access_log=options.access_log, on_reload=reload_all)
+                     access_log=options.access_log, on_reload=reload_all,
+                     web_options=options.web_options)
     # twice Flask's cap, so Flask (not waitress) answers oversized bodies, with a JSON 413
     server = waitress.create_server(
         app, sockets=[sock], threads=options.threads, ident="ig65m",
-        max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"],
+        max_request_body_size=2 * max(app.config["MAX_CONTENT_LENGTH"],
+                                      app.config["MAX_UPLOAD_BYTES"]),
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
     _handle_signals(live)

@@ -14,6 +14,9 @@ from ig65m.fileio import load_features
 from ig65m.sidecar import Sidecar
 
 CHUNK_ROWS = 65536
+# sidecar keys a server needs to extract queries the way the collection was extracted
+EXTRACTION_KEYS = ("model", "weights_sha256", "feature_dim", "clip_frames", "step", "fps",
+                   "frame_size", "crop_size", "tail", "pool_spatial", "pool_temporal")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class FeatureFile:
     source: str | None
     model: str | None
     clip_times: list
+    extraction: dict | None = None
 
     def features(self):
         """The (rows, dim) array, memory-mapped."""
@@ -62,7 +66,9 @@ def open_feature_file(path):
         raise Ig65mError(f"features file {path} is empty (shape {features.shape})")
     sidecar = Sidecar.from_dict(meta or {}, name=f"sidecar of {path}", rows=rows)
     return FeatureFile(path=Path(path), rows=rows, dim=dim, source=sidecar.source,
-                       model=sidecar.model, clip_times=sidecar.clip_times(rows))
+                       model=sidecar.model, clip_times=sidecar.clip_times(rows),
+                       extraction={key: meta[key] for key in EXTRACTION_KEYS
+                                   if key in (meta or {})} or None)
 
 
 def open_feature_files(paths, *, dim=None, model=None):

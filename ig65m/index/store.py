@@ -145,6 +145,16 @@ class MetadataStore:
                 times[ids, 0], times[ids, 1] = np.array(starts, float), np.array(ends, float)
         return ClipTable(self._files, files, clips, times)
 
+    def videos(self):
+        """Every indexed video, in id order -> [{"video" (file id), "path" (source video, or the
+        feature file), "first_id", "clips", "duration" (end of its last clip, None unknown)}]."""
+        rows = self._connection().execute(
+            "SELECT files.id, COALESCE(files.source, files.path), files.first_id, files.clips, "
+            "MAX(clips.end) FROM files JOIN clips ON clips.file = files.id "
+            "GROUP BY files.id ORDER BY files.id")
+        return [{"video": video, "path": path, "first_id": first, "clips": clips, "duration": end}
+                for video, path, first, clips, end in rows]
+
     def close(self):
         if self._shared is not None:
             self._shared.close()

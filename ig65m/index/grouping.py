@@ -1,0 +1,154 @@
+"""Clip hits -> videos and moments: pure functions over the result dicts of `Searcher.search`.
+
+`group_by_video(results, ...)` turns the k nearest clips of each query clip into one entry per
+matching video: its best score, and its matched clips merged into `[start, end]` segments (clips of
+one video whose numbers follow each other, or whose times touch, form one segment).
+
+For a query of several clips (a whole video, or a stretch of one), videos are ranked by temporal
+consistency, a temporal Hough transform: every hit of query clip i (at query time q_i) on clip j of
+video v (at time t_j) votes for the offset t_j - q_i of video v, in bins of one clip length. A
+near-duplicate, or the same scene somewhere else, puts many query clips on one offset (one
+diagonal of the query-time x match-time plane); unrelated hits scatter over many offsets. A video's
+`votes` is the number of distinct query clips on its best diagonal (a bin and its neighbour, to
+absorb clip boundaries that do not line up; one match per query clip, its best); videos rank by
+votes, then by best score. Their first segment is the diagonal's clips merged; the video's other
+matching moments follow. A single-clip query degenerates to ranking by score.
+
+Which hits count as matches: those scoring at least `min_score` when given; else the better half
+of each query clip's neighbours (at least MIN_KEPT of them), so that a small collection, where
+the k neighbours are every clip, still shows moments rather than whole videos. A single-clip query
+keeps every matching moment of a video as a segment (the best first).
+
+Scores are similarities, higher is better: 1 - distance for cosine (the cosine similarity), and
+1 / (1 + distance) for l2.
+"""
+
+from collections import defaultdict
+
+GROUP_BYS = ("video",)
+MIN_KEPT = 4
+
+
+def score_of(distance, metric):
+    """A hit's similarity from its distance: cosine similarity, or 1 / (1 + d) for l2."""
+    if metric == "cosine":
+        return 1.0 - distance
+    return 1.0 / (1.0 + distance)
+
+
+def group_by_video(results, *, metric="l2", query_times=None, exclude=None, min_score=None,
+                   limit=None):
+    """results: one list of hit dicts per query clip (as `Searcher.search` returns them).
+
+    `query_times`: (start, end) seconds of each query clip (None: clip i starts at i clip lengths);
+    `exclude`: a video path whose hits are dropped (the query's own video); `min_score`: hits below
+    are dropped; `limit`: at most this many videos. Returns a list of
+    {"path", "score", "votes", "best": hit, "segments": [{"start", "end", "score", "clips", "id"}]},
+    best video first.
+    """
+    hits_by_video = defaultdict(list)
+    for query_number, hits in enumerate(results):
+        scored = [dict(hit, score=score_of(hit["distance"], metric), query=query_number)
+                  for hit in hits if hit["path"] != exclude]
+        for hit in _matches(scored, min_score):
+            hits_by_video[hit["path"]].append(hit)
+    length = _clip_length(hits_by_video)
+    times = _query_starts(query_times, len(results), length)
+    on_diagonal = len(results) > 1
+    videos = [_video(path, hits, times, length, on_diagonal) for path, hits in hits_by_video.items()]
+    videos.sort(key=lambda video: (-video["votes"], -video["score"], video["path"]))
+    return videos[:limit] if limit else videos
+
+
+def _matches(scored, min_score):
+    """The hits of one query clip that count (see the module's notes)."""
+    if min_score is not None:
+        return [hit for hit in scored if hit["score"] >= min_score]
+    if len(scored) <= MIN_KEPT:
+        return scored
+    ranked = sorted(scored, key=lambda hit: -hit["score"])
+    return ranked[:max(MIN_KEPT, len(ranked) // 2)]
+
+
+def _clip_length(hits_by_video):
+    """The median clip duration among hits (seconds), 1.0 where no hit has times."""
+    lengths = sorted(hit["end"] - hit["start"] for hits in hits_by_video.values() for hit in hits
+                     if hit.get("start") is not None and hit["end"] > hit["start"])
+    return lengths[len(lengths) // 2] if lengths else 1.0
+
+
+def _query_starts(query_times, count, length):
+    if query_times is None:
+        return [number * length for number in range(count)]
+    return [float(start) for start, _ in query_times]
+
+
+def _video(path, hits, query_starts, length, on_diagonal):
+    matched = diagonal_hits(hits, query_starts, length) if on_diagonal else hits
+    best = max(matched, key=lambda hit: hit["score"])
+    on = {hit["clip"] for hit in matched}
+    elsewhere = [hit for hit in hits if hit["clip"] not in on]  # its other moments, after
+    return {"path": path, "score": best["score"], "votes": len({hit["query"] for hit in matched}),
+            "best": _public(best), "segments": merge_segments(matched) + merge_segments(elsewhere)}
+
+
+def diagonal_hits(hits, query_starts, length):
+    """The hits on the best diagonal: the offset bin (match time - query time, in clip lengths),
+    with its upper neighbour, holding the most distinct query clips (ties: the higher total score);
+    one hit per query clip, its best there."""
+    timed = [hit for hit in hits if hit.get("start") is not None]
+    if not timed:
+        return hits
+    bins = defaultdict(list)
+    for hit in timed:
+        bins[round((hit["start"] - query_starts[hit["query"]]) / length)].append(hit)
+
+    def on_diagonal(offset):
+        best = {}
+        for hit in bins[offset] + bins.get(offset + 1, []):
+            if hit["query"] not in best or hit["score"] > best[hit["query"]]["score"]:
+                best[hit["query"]] = hit
+        return list(best.values())
+
+    def strength(offset):
+        chosen = on_diagonal(offset)
+        return len(chosen), sum(hit["score"] for hit in chosen)
+
+    return on_diagonal(max(list(bins), key=strength))
+
+
+def merge_segments(hits):
+    """Hits of one video -> segments of consecutive clips, best first:
+    {"start", "end", "score" (best), "id" (its best clip), "clips" (count)}."""
+    by_clip = {}
+    for hit in hits:
+        if hit["clip"] not in by_clip or hit["score"] > by_clip[hit["clip"]]["score"]:
+            by_clip[hit["clip"]] = hit
+    segments = []
+    for clip in sorted(by_clip):
+        hit = by_clip[clip]
+        last = segments[-1] if segments else None
+        if last is not None and (clip == last["last_clip"] + 1 or _touches(last, hit)):
+            last.update(end=_max(last["end"], hit.get("end")), last_clip=clip, clips=last["clips"] + 1)
+            if hit["score"] > last["score"]:
+                last.update(score=hit["score"], id=hit["id"], best_start=hit.get("start"))
+        else:
+            segments.append({"start": hit.get("start"), "end": hit.get("end"), "score": hit["score"],
+                             "id": hit["id"], "best_start": hit.get("start"), "clips": 1,
+                             "last_clip": clip})
+    for segment in segments:
+        del segment["last_clip"]
+    return sorted(segments, key=lambda segment: -segment["score"])
+
+
+def _touches(segment, hit):
+    return (segment["end"] is not None and hit.get("start") is not None
+            and hit["start"] <= segment["end"] + 1e-6)
+
+
+def _max(a, b):
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _public(hit):
+    return {key: value for key, value in hit.items() if key != "query"}
