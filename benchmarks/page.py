@@ -50,7 +50,7 @@ def synthetic_collection(folder, clips, seed=0):
 
 
 def start_server(index_dir, *extra, env=None):
-    argv = [sys.executable, "-m", "ig65m.index.server", str(index_dir), "--port", "0", *extra]
+    argv = [sys.executable, "-m", "ig65m", "index-serve", str(index_dir), "--port", "0", *extra]
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, **(env or {})))
     for line in process.stderr:

@@ -82,7 +82,7 @@ def test_index_build_records_absolute_sources_and_maps_prefixes(tmp_path, monkey
     moved = write(tmp_path, "b", vectors, source="/mnt/old/videos/b.mp4")
     manifest = build_index([relative, moved], tmp_path / "idx", progress=False,
                            path_prefixes=parse_prefixes(["/mnt/old=/data"]))
-    paths = {video["path"] for video in Searcher(tmp_path / "idx").store.videos()}
+    paths = {video["path"] for video in Searcher(tmp_path / "idx").videos}
     assert paths == {str(tmp_path / "videos" / "a.mp4"), "/data/videos/b.mp4"}
     assert manifest["media_roots"] == sorted(["/data/videos", str(tmp_path / "videos")])
     assert read_manifest(tmp_path / "idx")["media_roots"] == manifest["media_roots"]

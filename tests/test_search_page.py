@@ -31,7 +31,7 @@ SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "search-page.png"
 def start_server(collection):
     """index-serve (its lean server process) with uploads on: at most 1 MB, none queued."""
     collection.tmp.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "ig65m.index.server", str(collection.index), "--port", "0",
+    argv = [sys.executable, "-m", "ig65m", "index-serve", str(collection.index), "--port", "0",
             "--model", MODEL, "--weights", WEIGHTS, "--max-upload-mb", "1", "--upload-queue", "0"]
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, IG65M_TOKEN=TOKEN, TMPDIR=str(collection.tmp)))
@@ -292,8 +292,6 @@ def test_browser_asks_the_token_then_searches_plays_and_uploads(server, collecti
         SCREENSHOT.write_bytes(shot)
 
 
-@pytest.mark.skip(reason="needs issue 11 item 6 (a running server swaps to an appended index: "
-                         "manifest watch, POST /reload, SIGHUP), which w17-serve builds")
 def test_append_while_serving_is_seen_without_restart(server, collection):
     """index-build --append while requests run: all answer 200, and the new video is found."""
     features = collection.root / "features"

@@ -66,7 +66,8 @@ class Searcher:
     {"id", "distance", "path", "clip", "start", "end", "features"}, nearest first; distances are
     Euclidean for metric l2 and 1 - cosine similarity for cosine. The server uses the two halves:
     `search_arrays` (Faiss only) and `results` (metadata, only when an answer asks for it).
-    Loading checks the metadata database and copies its clip table into memory (`store.table`)."""
+    Loading checks the metadata database and copies its clip table into memory (`store.table`)
+    and its list of videos (`videos`, see `MetadataStore.videos`)."""
 
     def __init__(self, index_dir):
         folder = resolve_index_dir(index_dir)
@@ -86,6 +87,7 @@ class Searcher:
         try:
             store.check(self.count)
             self.table = store.table(self.count)
+            self.videos = store.videos()  # the collection, for the search page
         finally:
             store.close()
 

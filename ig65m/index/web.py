@@ -88,7 +88,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
     def collection(current):
         if videos_cache.get("of") is not current:  # a reloaded index is a new searcher
             videos_cache.update(of=current, rows=[
-                dict(row, name=os.path.basename(row["path"] or "")) for row in current.store.videos()])
+                dict(row, name=os.path.basename(row["path"] or "")) for row in current.videos])
         return videos_cache["rows"]
 
     @web.get("/videos")
@@ -102,7 +102,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         row = next((row for row in collection(current) if row["video"] == video), None)
         if row is None:
             raise NotFound(f"no video {video}")
-        clips = current.store.clips(range(row["first_id"], row["first_id"] + row["clips"]))
+        clips = current.table.lookup(range(row["first_id"], row["first_id"] + row["clips"]))
         return jsonify(dict(row, clips=[
             {"id": clip["id"], "start": clip["start"], "end": clip["end"],
              "thumb": signer.url(f"/thumbs/{clip['id']}")} for clip in clips.values()]))
