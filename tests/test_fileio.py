@@ -50,7 +50,7 @@ def test_existing_output_survives_a_failed_rewrite(tmp_path):
             writer.write(np.zeros((5, 3)))
             raise RuntimeError("killed")
     np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), np.ones((2, 3)))
-    assert json.loads(sidecar_path(tmp_path / "f.npy").read_text()) == {"v": 1}
+    assert json.loads(sidecar_path(tmp_path / "f.npy").read_text())["v"] == 1
 
 
 def test_load_features_errors(tmp_path):

@@ -5,25 +5,23 @@ An index directory holds `index.faiss` (the Faiss index; Faiss id == clip id), `
 It is written in a temporary folder beside the target and renamed into place: never half an index.
 """
 
-import contextlib
 import datetime
 import math
 import os
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.fileio import check_writable, write_json
+from ig65m.fileio import resolve_output, write_json
 from ig65m.index.manifest import INDEX_FILE, METADATA_FILE, MANIFEST_FILE, METRICS, read_manifest
 from ig65m.index.search import search_knob
 from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_files, sample_rows
 from ig65m.index.store import MetadataStore
+from ig65m.index.swap import locked, recover, replace_dir, staging_dir
 
 FLAT_MAX = 50_000        # below this many clips exact search answers in a few ms: no training
 CALIBRATION_QUERIES = 256
@@ -157,42 +155,23 @@ def recall_at_k(found, truth, query_ids, k):
     return hits / max(len(query_ids), 1)
 
 
-@contextlib.contextmanager
-def staging_dir(index_dir):
-    """A temporary folder beside `index_dir`, removed unless the block renames it away."""
-    check_writable(index_dir.parent / f".{index_dir.name}.probe")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".tmp", dir=index_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the index is an ordinary folder
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(staged, index_dir):
-    """Move `staged` onto `index_dir`: the old directory is renamed aside first, then removed."""
-    if not index_dir.exists():
-        os.rename(staged, index_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".old", dir=index_dir.parent))
-    os.rename(index_dir, old / "index")
-    os.rename(staged, index_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
                 target_recall=DEFAULT_TARGET_RECALL, progress=True):
     """Build `index_dir` from feature files/folders `inputs`, or with `append=True` add the files not
     yet in it. Returns the manifest dict written."""
-    index_dir = Path(index_dir)
-    if append:
-        return _append(inputs, index_dir, progress)
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
-    if index_dir.exists():
-        raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
+    index_dir = resolve_output(index_dir)
+    with locked(index_dir):
+        recover(index_dir, holding_lock=True)
+        if append:
+            return _append(inputs, index_dir, progress)
+        if index_dir.exists():
+            raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
+        return _build(inputs, index_dir, index_key, metric, target_recall, progress)
+
+
+def _build(inputs, index_dir, index_key, metric, target_recall, progress):
     files = open_feature_files(find_feature_files(inputs))
     check_inputs(files, progress)
     count, dim = sum(item.rows for item in files), files[0].dim
@@ -255,5 +234,8 @@ def _manifest(index, index_key, metric, files, file_count, created=None):
 
 
 def _write(index, manifest, folder):
-    faiss.write_index(index, str(folder / INDEX_FILE))
+    try:
+        faiss.write_index(index, str(folder / INDEX_FILE))
+    except RuntimeError as err:
+        raise Ig65mError(f"cannot write {folder.parent}: {_faiss_reason(err)}") from None
     write_json(folder / MANIFEST_FILE, manifest)
