@@ -130,10 +130,10 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
     ONNX Runtime's intra-op threads (torch follows `torch.set_num_threads`).
     """
     row = spec.weights
-    every = every or row.clip_frames
+    every = row.clip_frames if every is None else every
     if every < 1 or top < 1:
         raise Ig65mError("--every and --top must be positive")
-    crop_size = crop_size or row.crop_size
+    crop_size = row.crop_size if crop_size is None else crop_size
     frames = _frames(source, row, frame_size, crop_size, fps, duration, format, input_options)
     transform = transform_for(row, crop_size)
     if backend == "onnxruntime" and onnx is None:
@@ -159,13 +159,13 @@ def classify_stream(spec, model, source, labels, *, every=None, top=5, device="c
 
 
 def _frames(source, row, frame_size, crop_size, fps, duration, format, input_options):
-    frame_size = frame_size or max(row.frame_size, crop_size)
+    frame_size = max(row.frame_size, crop_size) if frame_size is None else frame_size
     if frame_size < crop_size:
         raise Ig65mError(f"--frame-size {frame_size} is smaller than the {crop_size} crop")
     frames = read_frames(source, frame_size=frame_size, format=format, options=input_options)
     if duration is not None:
         frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-    fps = fps or row.meta.get("fps")
+    fps = row.meta.get("fps") if fps is None else fps
     return resample_fps(frames, fps) if fps else frames
 
 

@@ -21,6 +21,7 @@ from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import FeatureWriter, check_writable
 from ig65m.flow import flow_frames, flow_transform_for, is_flow_model
+from ig65m.memory import check_fits
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.transforms import transform_for
 from ig65m.video import is_live, read_frames
@@ -109,24 +110,32 @@ class Extractor:
                  crop_size=None):
         """The resolved clip settings: the model's defaults where an option is None."""
         row = self.spec.weights
-        crop_size = crop_size or row.crop_size
-        frame_size = frame_size or max(row.frame_size, crop_size)
+        for name, value in (("--clip-frames", clip_frames), ("--step", step), ("--fps", fps),
+                            ("--frame-size", frame_size), ("--crop-size", crop_size)):
+            if value is not None and not value > 0:  # 0 is an error, never "the default"
+                raise Ig65mError(f"{name} must be positive, got {value}")
+        crop_size = row.crop_size if crop_size is None else crop_size
+        frame_size = max(row.frame_size, crop_size) if frame_size is None else frame_size
         if frame_size < crop_size:
             raise Ig65mError(f"--frame-size {frame_size} is smaller than the model's "
                              f"{crop_size} crop")
-        clip_frames = clip_frames or row.clip_frames
-        for name, value in (("--clip-frames", clip_frames), ("--step", step), ("--fps", fps)):
-            if value is not None and value <= 0:
-                raise Ig65mError(f"{name} must be positive, got {value}")
-        return dict(frame_size=frame_size, clip_frames=clip_frames, step=step or clip_frames,
-                    fps=fps, tail=tail, crop_size=crop_size)
+        clip_frames = row.clip_frames if clip_frames is None else clip_frames
+        return dict(frame_size=frame_size, clip_frames=clip_frames,
+                    step=clip_frames if step is None else step, fps=fps, tail=tail,
+                    crop_size=crop_size)
 
     def batches(self, source, *, batch_size=4, max_clips=None, duration=None, format=None,
                 input_options=None, **clip_options):
         """Run `source` through the model -> Batch after Batch (see `settings` for clip options)."""
         if batch_size < 1:
             raise Ig65mError(f"--batch-size must be positive, got {batch_size}")
+        if max_clips is not None and max_clips < 1:
+            raise Ig65mError(f"--max-clips must be positive, got {max_clips}")
         settings = self.settings(**clip_options)
+        # a batch being prepared, the queue ahead of the model, and the batch in the model
+        check_fits((_QUEUE_BATCHES + 2) * batch_size, settings["clip_frames"],
+                   settings["crop_size"], settings["frame_size"],
+                   what="--batch-size, --clip-frames and --crop-size")
         clips = self._clips(source, settings, max_clips, duration, format, input_options)
         transform = self._transform(settings["crop_size"])
         with _Prefetcher(_batched(clips, transform, batch_size)) as prepared:
@@ -150,7 +159,7 @@ class Extractor:
             frames = flow_frames(frames)
         clips = clip_windows(frames, clip_frames=settings["clip_frames"], step=settings["step"],
                              tail=settings["tail"])
-        return itertools.islice(clips, max_clips) if max_clips else clips
+        return itertools.islice(clips, max_clips) if max_clips is not None else clips
 
     def features(self, source, **options):
         """All features of `source` in memory -> (float32 (N, D), meta as in the sidecar)."""

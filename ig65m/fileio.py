@@ -81,6 +81,19 @@ def check_writable(path):
     return path
 
 
+def check_folder_writable(folder):
+    """Fail early when files cannot be written in `folder`, which need not exist yet: the nearest
+    folder that does exist must be a folder, and take a new file -> `folder` resolved."""
+    folder = resolve_output(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise Ig65mError(f"cannot write in {folder}: {existing} is not a folder")
+    check_writable(existing / ".probe")
+    return folder
+
+
 @contextlib.contextmanager
 def write_errors(path):
     """Turn an OSError while writing `path` (disk full, file too large, I/O error) into a user

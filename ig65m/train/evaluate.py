@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.fileio import write_json
+from ig65m.fileio import check_folder_writable, write_json
+from ig65m.memory import check_fits
 from ig65m.labels import dataset_labels, read_labels
 from ig65m.models import get_spec
 from ig65m.models.registry import random_seed
@@ -33,8 +34,14 @@ class ClipSettings:
     @classmethod
     def resolve(cls, spec, clip_frames=None, frame_size=None, crop_size=None):
         """The model's own settings, each overridable; the crop must fit in the frame."""
-        settings = cls(clip_frames or spec.weights.clip_frames,
-                       frame_size or spec.weights.frame_size, crop_size or spec.weights.crop_size)
+        row = spec.weights
+        for name, value in (("--clip-frames", clip_frames), ("--frame-size", frame_size),
+                            ("--crop-size", crop_size)):
+            if value is not None and value < 1:  # 0 is an error, never "the default"
+                raise Ig65mError(f"{name} must be positive, got {value}")
+        settings = cls(row.clip_frames if clip_frames is None else clip_frames,
+                       row.frame_size if frame_size is None else frame_size,
+                       row.crop_size if crop_size is None else crop_size)
         if settings.crop_size > settings.frame_size:
             raise Ig65mError(f"--crop-size {settings.crop_size} is larger than --frame-size "
                              f"{settings.frame_size}")
@@ -130,9 +137,14 @@ def evaluate(dataset, *, model, weights=None, labels=None, mode="video", num_cli
     and `out_dir/confusion.png` when `out_dir` is given)."""
     if mode not in ("clip", "video"):
         raise Ig65mError(f"--mode must be clip or video, not {mode!r}")
+    if out_dir is not None:
+        out_dir = check_folder_writable(out_dir)
     spec = get_spec(model)
-    label_names = find_labels(spec, weights, labels, progress=progress)
     settings = ClipSettings.resolve(spec, clip_frames, frame_size, crop_size)
+    views = 1 if mode == "clip" else num_clips * 3
+    check_fits(max(views, batch_size), settings.clip_frames, settings.crop_size,
+               settings.frame_size, what="--num-clips, --batch-size and --clip-frames")
+    label_names = find_labels(spec, weights, labels, progress=progress)
     entries = datasets.label_indices(evaluation_entries(dataset), label_names)
     net, sha256 = adapt.load_for_eval(spec, weights, len(label_names), progress=progress)
     samples = datasets.probe(entries, frame_size=settings.frame_size, progress=progress,
