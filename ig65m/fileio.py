@@ -72,13 +72,19 @@ def check_writable(path):
         raise Ig65mError(f"cannot write {path}: folder {folder} does not exist")
     if path.is_dir():
         raise Ig65mError(f"cannot write {path}: it is a folder")
+    check_folder_takes_files(folder, path)
+    return path
+
+
+def check_folder_takes_files(folder, what):
+    """Create and remove a file in `folder`, or raise Ig65mError naming `what` was to be written."""
     try:
-        fd, probe = tempfiles.make_file(path)
+        fd, probe = tempfiles.make_file(folder / "probe")
     except OSError as err:
-        raise Ig65mError(f"cannot write {path}: folder {folder}: {_reason(err)}") from None
+        raise Ig65mError(f"cannot write {what}: cannot create files in {folder} "
+                         f"({_reason(err)})") from None
     os.close(fd)
     os.unlink(probe)
-    return path
 
 
 def check_folder_writable(folder):
@@ -90,7 +96,7 @@ def check_folder_writable(folder):
         existing = existing.parent
     if not existing.is_dir():
         raise Ig65mError(f"cannot write in {folder}: {existing} is not a folder")
-    check_writable(existing / ".probe")
+    check_folder_takes_files(existing, folder)
     return folder
 
 

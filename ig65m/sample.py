@@ -29,11 +29,13 @@ def pattern_frame(index, width, height):
     return frame
 
 
-def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=None):
+def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=None,
+                rotation=0):
     """Encode an iterable of RGB uint8 frames (H, W, 3) into `path`, atomically.
 
     `fps` may be a Fraction (e.g. Fraction(981, 50)); use codec "libx264rgb" with
-    options {"crf": "0"} for lossless frames that tests can compare exactly.
+    options {"crf": "0"} for lossless frames that tests can compare exactly. `rotation`: degrees
+    counter-clockwise a player turns the frames by (the display matrix phones write).
     """
     frames = iter(frames)
     first = next(frames)
@@ -44,6 +46,8 @@ def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=
             stream.width, stream.height = width, height
             stream.pix_fmt = pix_fmt or ("rgb24" if codec == "libx264rgb" else "yuv420p")
             stream.options = dict(options or {})
+            if rotation:
+                stream.set_display_rotation(rotation)
             for frame in _chain(first, frames):
                 picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 container.mux(stream.encode(picture))

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.fileio import resolve_output, write_json
+from ig65m.fileio import check_folder_takes_files, resolve_output, write_json
 from ig65m.index.manifest import INDEX_FILE, METADATA_FILE, MANIFEST_FILE, METRICS, read_manifest
 from ig65m.index.search import search_knob
 from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_files, sample_rows
@@ -158,25 +158,41 @@ def recall_at_k(found, truth, query_ids, k):
 def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
                 target_recall=DEFAULT_TARGET_RECALL, progress=True):
     """Build `index_dir` from feature files/folders `inputs`, or with `append=True` add the files not
-    yet in it. Returns the manifest dict written."""
+    yet in it. Returns the manifest dict written.
+
+    Every input is checked first; then the index's write lock is taken (a second build on the same
+    index waits), and the new index is swapped in as `swap.replace_dir` describes."""
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     index_dir = resolve_output(index_dir)
+    check_folder_takes_files(index_dir.parent, index_dir)  # fails before any reading
+    if append:
+        manifest = read_manifest(index_dir)  # dimension and model never change on --append
+        files = open_feature_files(find_feature_files(inputs), dim=manifest["dimension"],
+                                   model=manifest.get("model"))
+    else:
+        recover(index_dir)
+        _check_new(index_dir)
+        files = open_feature_files(find_feature_files(inputs))
+        count, dim = sum(item.rows for item in files), files[0].dim
+        index_key = index_key or choose_index_key(count, dim)
+        new_index(index_key, dim, metric)  # a bad --index-key fails before any work
+    check_inputs(files, progress)
     with locked(index_dir):
         recover(index_dir, holding_lock=True)
         if append:
-            return _append(inputs, index_dir, progress)
-        if index_dir.exists():
-            raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
-        return _build(inputs, index_dir, index_key, metric, target_recall, progress)
+            return _append(files, index_dir, progress)
+        _check_new(index_dir)  # another build may have made it while this one waited
+        return _build(files, index_dir, index_key, metric, target_recall, progress)
 
 
-def _build(inputs, index_dir, index_key, metric, target_recall, progress):
-    files = open_feature_files(find_feature_files(inputs))
-    check_inputs(files, progress)
-    count, dim = sum(item.rows for item in files), files[0].dim
-    index_key = index_key or choose_index_key(count, dim)
-    index = new_index(index_key, dim, metric)
+def _check_new(index_dir):
+    if index_dir.exists():
+        raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
+
+
+def _build(files, index_dir, index_key, metric, target_recall, progress):
+    index = new_index(index_key, files[0].dim, metric)
     with staging_dir(index_dir) as tmp:
         sample_ids, sample = train(index, files, metric, progress)
         # the sample is in collection order: pick queries across it, not from the first file
@@ -197,28 +213,28 @@ def _build(inputs, index_dir, index_key, metric, target_recall, progress):
     return manifest
 
 
-def _append(inputs, index_dir, progress):
+def _append(files, index_dir, progress):
+    """Add `files` not yet in `index_dir`; the caller holds the lock, so the index read here is the
+    latest one, and no other run can replace it meanwhile."""
     manifest = read_manifest(index_dir)
     with staging_dir(index_dir) as tmp:
         shutil.copy2(index_dir / METADATA_FILE, tmp / METADATA_FILE)
         store = MetadataStore(tmp / METADATA_FILE, writable=True)
-        paths = []
-        for path in find_feature_files(inputs):
-            if store.has_file(path):
-                print(f"skipping {path}: already in the index", file=sys.stderr)
+        new = []
+        for item in files:
+            if store.has_file(item.path):
+                print(f"skipping {item.path}: already in the index", file=sys.stderr)
             else:
-                paths.append(path)
-        if not paths:
+                new.append(item)
+        if not new:
             store.close()
             return manifest
-        files = open_feature_files(paths, dim=manifest["dimension"], model=manifest.get("model"))
-        check_inputs(files, progress)
         index = faiss.read_index(str(index_dir / INDEX_FILE))
-        add_files(index, store, files, manifest["metric"], progress)
+        add_files(index, store, new, manifest["metric"], progress)
         store.close()
         model = manifest.get("model")
-        manifest.update(_manifest(index, manifest["index_key"], manifest["metric"], files,
-                                  manifest["files"] + len(files), created=manifest["created"]))
+        manifest.update(_manifest(index, manifest["index_key"], manifest["metric"], new,
+                                  manifest["files"] + len(new), created=manifest["created"]))
         manifest["model"] = model or manifest["model"]
         _write(index, manifest, tmp)
         replace_dir(tmp, index_dir)
