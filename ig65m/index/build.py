@@ -164,6 +164,8 @@ def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
     index waits), and the new index is swapped in as `swap.replace_dir` describes."""
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    if index_key is not None and not index_key.strip():
+        raise Ig65mError("--index-key is empty: give a Faiss factory string, or leave it out")
     index_dir = resolve_output(index_dir)
     check_folder_takes_files(index_dir.parent, index_dir)  # fails before any reading
     if append:

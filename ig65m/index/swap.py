@@ -1,7 +1,8 @@
 """Writing an index directory safely: one writer at a time, and a swap that a kill cannot lose.
 
-- `locked(index_dir)`: an exclusive `fcntl.flock` on `.<name>.lock` beside the index; a second
-  `index-build` on the same index waits for the first (and says so) instead of overwriting it.
+- `locked(index_dir)`: an exclusive `fcntl.flock` on `.<name>.lock` beside the index (present only
+  while held); a second `index-build` on the same index waits for the first (and says so) instead
+  of overwriting it.
 - `staging_dir(index_dir)`: the new index is built in a temporary folder beside the target.
 - `replace_dir(staged, index_dir)`: the old folder is renamed aside (`.<name>.<host>.<pid>.*.old`),
   the new one into place, and the old one removed. A kill between the two renames leaves no folder
@@ -19,7 +20,7 @@ import time
 
 from ig65m import tempfiles
 from ig65m.errors import Ig65mError
-from ig65m.fileio import check_writable, resolve_output
+from ig65m.fileio import resolve_output
 
 _RETRIES = 50  # a reader finding the folder mid-swap retries for up to 50 x 0.02 s
 
@@ -30,18 +31,38 @@ def lock_path(index_dir):
 
 @contextlib.contextmanager
 def locked(index_dir):
-    """Hold the exclusive write lock of `index_dir` (a resolved Path) for the block."""
-    check_writable(lock_path(index_dir))
-    with open(lock_path(index_dir), "a") as handle:
+    """Hold the exclusive write lock of `index_dir` (a resolved Path) for the block.
+
+    The lock file exists only while someone holds or awaits it: the holder removes it before
+    letting go, and a waiter that then gets the lock of a removed file tries again."""
+    path = lock_path(index_dir)
+    said = False
+    while True:
+        handle = open(path, "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another index-build on {index_dir} to finish", file=sys.stderr)
+            if not said:
+                print(f"waiting for another index-build on {index_dir} to finish",
+                      file=sys.stderr, flush=True)
+                said = True
             fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        if _same_file(handle, path):
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        handle.close()
+
+
+def _same_file(handle, path):
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _is_locked(index_dir):
