@@ -20,7 +20,9 @@ from ig65m import tempfiles
 from ig65m.errors import Ig65mError
 
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
-_NPY_HEADER_BYTES = 128  # fixed, so the header can be rewritten in place once N is known
+_NPY_HEADER_BYTES = 128
+# torch.save reports a failed write as a RuntimeError from its zip writer, not an OSError
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")  # fixed, so the header can be rewritten in place once N is known
 
 
 def sidecar_path(features_path):
@@ -102,12 +104,17 @@ def check_folder_writable(folder):
 
 @contextlib.contextmanager
 def write_errors(path):
-    """Turn an OSError while writing `path` (disk full, file too large, I/O error) into a user
-    error of one line."""
+    """Turn a failed write of `path` (disk full, file too large, I/O error) into a user error of
+    one line."""
     try:
         yield
     except OSError as err:
         raise Ig65mError(f"cannot write {path}: {_reason(err)}") from None
+    except RuntimeError as err:
+        if not any(mark in str(err) for mark in _TORCH_WRITE_FAILURES):
+            raise
+        raise Ig65mError(f"cannot write {path}: the write failed (disk full, or a file size "
+                         f"limit?)") from None
 
 
 @contextlib.contextmanager
@@ -198,7 +205,8 @@ class FeatureWriter:
 
     def abort(self):
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # flushing may fail as the write did (disk full)
+                self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
 
@@ -278,6 +286,10 @@ def load_features(path):
     path = Path(path)
     if not path.is_file():
         raise Ig65mError(f"features file not found: {path}")
+    with open(path, "rb") as stream:
+        if stream.read(6) != _NPY_MAGIC[:6]:
+            raise Ig65mError(f"not a .npy features file: {path} (no .npy header; extract writes "
+                             f"them)")
     try:
         features = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:
@@ -286,6 +298,7 @@ def load_features(path):
         raise Ig65mError(f"features in {path} must be 2-d (clips x dims), got shape {features.shape}")
     if not np.issubdtype(features.dtype, np.number):
         raise Ig65mError(f"features in {path} are not numbers (dtype {features.dtype})")
+    path = resolve_output(path)  # a symlinked file's sidecar lies beside its target
     recover_pair(path)
     meta = None
     side = sidecar_path(path)

@@ -3,6 +3,7 @@ stale temporaries, SIGTERM on a live extract, a full disk, rotated videos."""
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from ig65m import tempfiles
 from ig65m.errors import Ig65mError
-from ig65m.fileio import load_features, save_features
+from ig65m.fileio import atomic_path, load_features, save_features
 from ig65m.index.build import build_index
 from ig65m.index.manifest import read_manifest
 from ig65m.index.swap import locked
@@ -77,6 +78,17 @@ def test_a_sidecar_that_disagrees_with_its_features_is_refused(tmp_path):
     np.save(path, features(4, seed=1))
     with pytest.raises(Ig65mError, match="disagree"):
         load_features(path)
+
+
+def test_a_symlinked_output_is_written_where_it_points(tmp_path):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "there").mkdir()
+    os.symlink(tmp_path / "there" / "real.npy", tmp_path / "here" / "out.npy")
+    save_features(tmp_path / "here" / "out.npy", features(3), meta(3))
+    assert sorted(os.listdir(tmp_path / "there")) == ["real.json", "real.npy"]
+    assert os.listdir(tmp_path / "here") == ["out.npy"]
+    rows, side = load_features(tmp_path / "here" / "out.npy")
+    assert len(rows) == 3 and len(side["clips"]) == 3
 
 
 def dead_pid():
@@ -183,23 +195,45 @@ def test_sigterm_on_a_live_extract_keeps_the_clips_like_ctrl_c(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["semcode", "{features}", "{out}/picture.png"],
-    ["index-build", "{features}", "{out}/idx"],
+    ["index-build", "{features}", "{out}/idx", "--quiet"],
+    ["extract", "{video}", "{out}/f.npy", "--model", "movinet_a0_base", "--weights", "random",
+     "--clip-frames", "4", "--frame-size", "32", "--crop-size", "32"],
 ])
 def test_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, argv):
     features_path = tmp_path / "f.npy"
     save_features(features_path, features(400, dim=64), meta(400))
+    write_video(tmp_path / "v.mkv", [pattern_frame(i, 64, 48) for i in range(8)])
     out = tmp_path / "out"
     out.mkdir()
-    args = [a.format(features=features_path, out=out) for a in argv]
-    command = "ulimit -f 8; exec " + " ".join([sys.executable, "-m", "ig65m", *args, "--quiet"]
-                                               if argv[0] == "index-build" else
-                                               [sys.executable, "-m", "ig65m", *args])
+    args = [a.format(features=features_path, out=out, video=tmp_path / "v.mkv") for a in argv]
+    command = "ulimit -f 1; exec " + " ".join([sys.executable, "-m", "ig65m", *args])
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot write"), result.stderr
+    assert lines[-1].startswith("error: cannot write"), result.stderr
+    assert not any(line.startswith("error") for line in lines[:-1]), result.stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.fixture
+def file_size_limit():
+    """Files this process writes may not grow past 4 KiB (Python ignores SIGXFSZ: EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_failed_writes_are_user_errors_and_leave_nothing(tmp_path, file_size_limit):
+    import torch
+
+    with pytest.raises(Ig65mError, match="cannot write"):
+        with atomic_path(tmp_path / "w.pth") as tmp:
+            torch.save(torch.zeros(10_000), tmp)
+    with pytest.raises(Ig65mError, match="cannot write"):
+        save_features(tmp_path / "f.npy", features(100, dim=64), meta(100))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rotated_video_is_decoded_upright(tmp_path):

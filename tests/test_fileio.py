@@ -57,7 +57,7 @@ def test_load_features_errors(tmp_path):
     with pytest.raises(Ig65mError, match="not found"):
         load_features(tmp_path / "nope.npy")
     (tmp_path / "text.npy").write_text("hello")
-    with pytest.raises(Ig65mError, match="not a valid"):
+    with pytest.raises(Ig65mError, match="not a .npy"):
         load_features(tmp_path / "text.npy")
     np.save(tmp_path / "one.npy", np.ones(5))
     with pytest.raises(Ig65mError, match="2-d"):

@@ -76,9 +76,9 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
         raise Ig65mError("--top, --every and --threads must be positive")
     if threads:
         torch.set_num_threads(threads)
+    input_options = parse_input_options(input_option)
     check_source(source, format=input_format)
     labels = labels_for(spec.weights, labels_file)
-    input_options = parse_input_options(input_option)
     try:
         if spec.weights.meta.get("stream"):
             records = _stream_records(spec, source, labels, top, every, backend, onnx, duration,

@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 from ig65m import tempfiles
 from ig65m.errors import Ig65mError
@@ -90,7 +91,10 @@ def recover(index_dir, *, holding_lock=False):
     """Put back the old index when a kill struck between the two renames of a swap, and sweep the
     temporaries of dead processes beside it -> the resolved `index_dir`. Readers call this too:
     while a live writer holds the lock, a missing folder is only mid-swap, so they wait a moment."""
-    index_dir = resolve_output(index_dir)
+    try:
+        index_dir = resolve_output(index_dir)
+    except Ig65mError:  # a symlink loop: not an index, as the caller will say
+        return Path(index_dir)
     if not index_dir.parent.is_dir():
         return index_dir
     busy = (lambda: False) if holding_lock else (lambda: _is_locked(index_dir))
