@@ -13,11 +13,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ig65m.cli import main
 from ig65m.fileio import save_features
 from ig65m.index.build import build_index
+from ig65m.train.finetune import CHECKPOINT_FORMAT, CHECKPOINT_KEYS
 from tests.test_index_server import start_server, stop
 from tests.videos import audio_only, empty_video, lossless_video
 
@@ -74,6 +76,13 @@ def world(tmp_path_factory):
     (out / "exists.png").write_bytes(b"\x89PNG old picture")
     (out / "run").mkdir()
     (out / "run" / "last.pth").write_bytes(b"not a checkpoint")
+    for name, state in (("foreign", {"format": CHECKPOINT_FORMAT, "config": {"nonsense": 1},
+                                      "labels": ["x"]}),
+                        ("partial", {"format": CHECKPOINT_FORMAT}),
+                        ("older", {key: None for key in CHECKPOINT_KEYS} |
+                         {"format": CHECKPOINT_FORMAT, "config": {"model": "r2plus1d_18"}})):
+        (out / name).mkdir()
+        torch.save(state, out / name / "last.pth")
     data = w / "data"
     for label in ("jump", "run"):
         (data / label).mkdir(parents=True)
@@ -280,6 +289,9 @@ def finetune_cases():
               ["{w}/data", "{w}/out/run", "--weights", "random"],
               ["{w}/data", "{w}/out/run", "--resume", "--weights", "random", *MODEL],
               ["{w}/data", "{w}/out/ft", "--resume", "--weights", "random"],
+              *[["{w}/data", f"{{w}}/out/{name}", "--resume", "--weights", "random", *MODEL,
+                 "--crop-size", "32", "--frame-size", "32", "--clip-frames", "4"]
+                for name in ("foreign", "partial", "older")],
               ["{w}/data", "{w}/out/ft", "--val", "{w}/missing"], ["{w}/data"], []]
     return cases
 
