@@ -20,9 +20,12 @@ from ig65m import tempfiles
 from ig65m.errors import Ig65mError
 
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
-_NPY_HEADER_BYTES = 128
+_NPY_HEADER_BYTES = 128  # fixed, so the header can be rewritten in place once N is known
+# what a write that fails for want of room or permission raises (not, say, a download's URLError)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                 errno.EPERM}
 # torch.save reports a failed write as a RuntimeError from its zip writer, not an OSError
-_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")  # fixed, so the header can be rewritten in place once N is known
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")
 
 
 def sidecar_path(features_path):
@@ -43,7 +46,7 @@ _DEFAULT_MODE = _default_mode()  # once, at import: os.umask is process-wide, no
 def _temp_beside(path):
     """A new empty temporary file in the folder of `path` -> (fd, its path); the stale temporaries
     that dead processes left in that folder are swept first."""
-    tempfiles.sweep(path.parent, kinds=("tmp",))
+    tempfiles.sweep_once(path.parent)
     fd, tmp = tempfiles.make_file(path)
     os.chmod(tmp, _DEFAULT_MODE)
     return fd, tmp
@@ -109,6 +112,8 @@ def write_errors(path):
     try:
         yield
     except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
         raise Ig65mError(f"cannot write {path}: {_reason(err)}") from None
     except RuntimeError as err:
         if not any(mark in str(err) for mark in _TORCH_WRITE_FAILURES):
@@ -278,10 +283,11 @@ def save_features(path, features, meta):
         writer.commit(meta)
 
 
-def load_features(path):
+def load_features(path, *, verify=True):
     """Read a features file -> (float32 array (N, D), sidecar dict or None).
 
-    Raises Ig65mError for a missing file, a non-.npy file, a pickled or non-2-d array.
+    Raises Ig65mError for a missing file, a non-.npy file, a pickled or non-2-d array, or (unless
+    `verify=False`, for a file checked already) a sidecar whose `features_sha256` is not the .npy's.
     """
     path = Path(path)
     if not path.is_file():
@@ -307,7 +313,8 @@ def load_features(path):
             meta = json.loads(side.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise Ig65mError(f"sidecar {side} is not valid JSON ({err})") from None
-    _check_pair(path, side, meta)
+    if verify:
+        _check_pair(path, side, meta)
     return features, meta
 
 

@@ -81,3 +81,15 @@ def sweep(folder, kinds=KINDS, target=None):
         else:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+_SWEPT = set()
+
+
+def sweep_once(folder):
+    """`sweep` the temporary files and folders of `folder` the first time this process writes
+    there (later writes in a folder of many files would otherwise scan it again each time)."""
+    key = os.path.realpath(folder)
+    if key not in _SWEPT:
+        _SWEPT.add(key)
+        sweep(folder, kinds=("tmp",))
