@@ -12,7 +12,9 @@ srcdir ?= $(CURDIR)
 datadir ?= $(CURDIR)
 # named volume holding the weights cache ($IG65M_HOME=/cache in the images)
 cachevolume ?= ig65m-cache
-# serve: host port published to the container's 5000, index folder as seen inside the container
+# serve: host address and port published to the container's 5000 (this host only by default;
+# bind=0.0.0.0 opens it to the network), index folder as seen inside the container
+bind ?= 127.0.0.1
 port ?= 5000
 index ?= /data/index
 # webcam: the camera's group on the host, so the container user may open it
@@ -59,7 +61,7 @@ webcam:
 w: webcam
 
 serve:
-	$(dockerrun) -it -p $(port):5000 $(dockerimage) index-serve $(index)
+	$(dockerrun) -it -p $(bind):$(port):5000 $(dockerimage) index-serve $(index)
 
 s: serve
 

@@ -22,6 +22,7 @@ from ig65m.embedder import ClipEmbedder, run_torch
 from ig65m.errors import Ig65mError
 from ig65m.fileio import FeatureWriter, check_writable
 from ig65m.flow import flow_frames
+from ig65m.memory import check_fits
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
@@ -108,7 +109,13 @@ class Extractor:
         """Run `source` through the model -> Batch after Batch (see `settings` for clip options)."""
         if batch_size < 1:
             raise Ig65mError(f"--batch-size must be positive, got {batch_size}")
+        if max_clips is not None and max_clips < 1:
+            raise Ig65mError(f"--max-clips must be positive, got {max_clips}")
         settings = self.settings(**clip_options)
+        # a batch being prepared, the queue ahead of the model, and the batch in the model
+        check_fits((_QUEUE_BATCHES + 2) * batch_size, settings.clip_frames,
+                   settings.crop_size, settings.frame_size,
+                   what="--batch-size, --clip-frames and --crop-size")
         clips = self._clips(source, settings, max_clips, duration, format, input_options)
         transform = transform_for(settings)
         with _Prefetcher(_batched(clips, transform, batch_size)) as prepared:
@@ -123,7 +130,7 @@ class Extractor:
             frames = flow_frames(frames)
         clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,
                              tail=settings.tail, frame_stride=settings.frame_stride)
-        return itertools.islice(clips, max_clips) if max_clips else clips
+        return itertools.islice(clips, max_clips) if max_clips is not None else clips
 
     def features(self, source, **options):
         """All features of `source` in memory -> (float32 (N, D), meta as in the sidecar)."""

@@ -57,7 +57,7 @@ def resolve(weights, *, clip_frames=None, frame_stride=None, step=None, frame_si
     for name, value in (("--clip-frames", clip_frames), ("--frame-stride", frame_stride),
                         ("--step", step), ("--fps", fps), ("--frame-size", frame_size),
                         ("--crop-size", crop_size)):
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # 0 is an error, never "the default"; so is NaN
             raise Ig65mError(f"{name} must be positive, got {value}")
     tail = tail or "pad"
     if tail not in TAILS:

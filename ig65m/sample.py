@@ -68,12 +68,14 @@ def scene_frame(index, width, height, scene):
     return np.clip(SCENES[scene](index, rows, cols, height, width), 0, 255).astype(np.uint8)
 
 
-def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=None):
+def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=None,
+                rotation=0):
     """Encode an iterable of RGB uint8 frames (H, W, 3) into `path`, atomically.
 
     `fps` may be a Fraction (e.g. Fraction(981, 50)); use codec "libx264rgb" with
     options {"crf": "0"} for lossless frames that tests can compare exactly, codec "gif" with
-    pix_fmt "pal8" for an animated GIF.
+    pix_fmt "pal8" for an animated GIF. `rotation`: degrees counter-clockwise a player turns the
+    frames by (the display matrix phones write).
     """
     frames = iter(frames)
     first = next(frames)
@@ -84,6 +86,8 @@ def write_video(path, frames, *, fps=30, codec="libx264", options=None, pix_fmt=
             stream.width, stream.height = width, height
             stream.pix_fmt = pix_fmt or ("rgb24" if codec == "libx264rgb" else "yuv420p")
             stream.options = dict(options or {})
+            if rotation:
+                stream.set_display_rotation(rotation)
             for frame in _chain(first, frames):
                 container.mux(stream.encode(_video_frame(frame, stream.pix_fmt)))
             container.mux(stream.encode(None))

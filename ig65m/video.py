@@ -1,8 +1,8 @@
 """Video sources decoded with PyAV: files, cameras and any ffmpeg input format.
 
 `read_frames` yields RGB uint8 frames scaled at decode time so the short side is `frame_size`,
-each with its presentation time in seconds. Nothing holds more than one frame: a 10-hour video or
-a live camera runs in the memory of a 10-second clip.
+turned upright as their display matrix says, each with its presentation time in seconds. Nothing
+holds more than one frame: a 10-hour video or a live camera runs in the memory of a 10-second clip.
 """
 
 from pathlib import Path
@@ -92,8 +92,8 @@ def read_frames(source, *, frame_size=128, format=None, options=None) -> Iterato
                 time = frame.time if frame.time is not None else last + _frame_period(stream)
                 origin = time if origin is None else origin
                 size = scaled_size(frame.width, frame.height, frame_size)
-                image = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                                       interpolation="AREA").to_ndarray()
+                image = upright(frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                               interpolation="AREA").to_ndarray(), frame)
                 count, last = count + 1, time
                 yield Frame(image, time - origin)
         except (av.FFmpegError, OSError) as err:
@@ -103,6 +103,13 @@ def read_frames(source, *, frame_size=128, format=None, options=None) -> Iterato
             raise Ig65mError(f"{source} has no decodable video frames")
         if not is_live(source, format):
             _check_complete(source, container, stream, last - (origin or 0.0))
+
+
+def upright(image, frame):
+    """`image` turned as the frame's display matrix says (phones store portrait video as landscape
+    frames plus a rotation): the model sees what a player shows. Quarter turns; flips ignored."""
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as av reports it
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _frame_period(stream):

@@ -163,9 +163,9 @@ def test_cli_classify_live_lavfi_stream(workdir):
 @pytest.mark.parametrize("args, message", [
     (["missing.mp4"], "not found"),
     (["{video}", "--labels", "{few}"], "has 2 labels"),
-    (["{video}", "--top", "0"], "must be positive"),
-    (["{video}", "--every", "-1"], "must be positive"),
-    (["{video}", "--threads", "0"], "must be positive"),
+    (["{video}", "--top", "0"], "not in the range"),
+    (["{video}", "--every", "-1"], "not in the range"),
+    (["{video}", "--threads", "0"], "not in the range"),
     (["{video}", "--model", "nope"], "unknown model"),
 ])
 def test_cli_classify_user_errors_are_one_line(workdir, tmp_path, args, message):

@@ -262,8 +262,10 @@ def test_makefile_rejects_unknown_targets():
     (["run", "datadir=/videos"], ['-v "/videos":/data', "-it", "--entrypoint=/bin/bash ig65m:cpu"]),
     (["gpu"], ["--gpus all", "ig65m:gpu"]),
     (["webcam"], ["--device /dev/video0", "--group-add", "ig65m:cpu"]),
-    (["serve"], ["-p 5000:5000", "ig65m:cpu index-serve /data/index"]),
-    (["serve", "port=8080", "index=/data/clips"], ["-p 8080:5000", "index-serve /data/clips"]),
+    (["serve"], ["-p 127.0.0.1:5000:5000", "ig65m:cpu index-serve /data/index"]),
+    (["serve", "port=8080", "index=/data/clips"], ["-p 127.0.0.1:8080:5000",
+                                                   "index-serve /data/clips"]),
+    (["serve", "bind=0.0.0.0"], ["-p 0.0.0.0:5000:5000"]),
 ])
 def test_makefile_commands(args, expected):
     output = make_dry_run(*args).stdout

@@ -1,5 +1,6 @@
 """semcode: arrays computed from features, pictures drawn from them, and every bad input."""
 
+import errno
 import json
 import time
 
@@ -10,6 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ig65m.cli import main
+from ig65m.errors import Ig65mError
 from ig65m.fileio import save_features
 from ig65m.sample import scene_frame, write_sample_video
 from ig65m.semcode import (
@@ -288,10 +290,10 @@ def test_a_failure_while_saving_leaves_nothing(tmp_path, monkeypatch):
 
     def broken_savefig(self, path, **kwargs):
         open(path, "wb").write(b"half a pic")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
-    with pytest.raises(OSError):
+    with pytest.raises(Ig65mError, match="No space left"):
         semcode(features, tmp_path / "p.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy"]
 

@@ -7,7 +7,8 @@ import torch
 
 from ig65m.classify import classify_clips, classify_stream, load_stream_model
 from ig65m.cli.base import command
-from ig65m.cli.options import model_options, parse_input_options, split_model_options
+from ig65m.cli.options import (COUNT, FRAMES, POSITIVE, model_options, parse_input_options,
+                               split_model_options)
 from ig65m.errors import Ig65mError
 from ig65m.extract import BACKENDS, Extractor
 from ig65m.labels import labels_for
@@ -44,13 +45,13 @@ def _emit(records, output_format):
 @model_options
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False), default=None,
               help="Class names, one per line, replacing the model's dataset list.")
-@click.option("--top", type=int, default=5, show_default=True, help="Classes per prediction.")
-@click.option("--every", type=int, default=None,
+@click.option("--top", type=COUNT, default=5, show_default=True, help="Classes per prediction.")
+@click.option("--every", type=FRAMES, default=None,
               help="Stream models: a prediction every N model frames [clip frames].")
 @click.option("--format", "output_format", type=click.Choice(["json", "table"]), default="json",
               show_default=True, help="json: one object per line, the whole video last.")
-@click.option("--max-clips", type=int, default=None, help="Stop after this many clips.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--max-clips", type=COUNT, default=None, help="Stop after this many clips.")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
 @click.option("--input-format", default=None,
               help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source).")
 @click.option("--input-option", multiple=True, metavar="KEY=VALUE",
@@ -58,7 +59,7 @@ def _emit(records, output_format):
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--onnx", type=click.Path(dir_okay=False), default=None,
               help="ONNX file for --backend onnxruntime (default: exported into the cache).")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for the model [all cores]; 1 often gives the lowest per-frame "
                    "latency for stream models on a busy machine.")
 def classify(source, labels_file, top, every, output_format, max_clips, duration, input_format,
@@ -75,9 +76,9 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
         raise Ig65mError("--top, --every and --threads must be positive")
     if threads:
         torch.set_num_threads(threads)
+    input_options = parse_input_options(input_option)
     check_source(source, format=input_format)
     labels = labels_for(spec.weights, labels_file)
-    input_options = parse_input_options(input_option)
     try:
         if spec.weights.stream:
             records = _stream_records(spec, source, labels, top, every, backend, onnx, duration,

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from ig65m.cli.base import command
+from ig65m.cli.options import COUNT, FRAMES
 from ig65m.convert.release import convert_release, convertible_models, resolve_model
 
 
@@ -16,9 +17,9 @@ def _model_help():
 @click.argument("source", metavar="SRC", type=click.Path(path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--model", default=None, help=f"Registry model to convert into: {_model_help()}.")
-@click.option("--frames", type=click.IntRange(min=1), default=None,
+@click.option("--frames", type=FRAMES, default=None,
               help="Clip frames (8 or 32), with --classes, instead of --model.")
-@click.option("--classes", type=click.IntRange(min=1), default=None,
+@click.option("--classes", type=COUNT, default=None,
               help="Classes of the pickle's head (359, 400 or 487), with --frames.")
 def convert(source, out, model, frames, classes):
     """Convert released weights into OUT.pth and OUT.onnx.

@@ -7,9 +7,11 @@ import click
 
 from ig65m.classify import ClipLabels
 from ig65m.cli.base import command
-from ig65m.cli.options import model_options, parse_input_options, split_model_options
+from ig65m.cli.options import (COUNT, POSITIVE, model_options, parse_input_options,
+                               split_model_options)
 from ig65m.errors import Ig65mError
 from ig65m.extract import BACKENDS, Extractor
+from ig65m.fileio import check_folder_writable, check_writable
 from ig65m.labels import labels_for
 from ig65m.models import get_spec
 from ig65m.video import VIDEO_SUFFIXES, check_source
@@ -64,8 +66,8 @@ def _jobs(paths, output_dir, from_list):
 @click.option("--from-list", type=click.Path(dir_okay=False), default=None,
               help="A file of video paths, one per line (with --output-dir).")
 @click.option("--overwrite", is_flag=True, help="Replace existing features files.")
-@click.option("--max-clips", type=int, default=None, help="Stop after this many clips.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--max-clips", type=COUNT, default=None, help="Stop after this many clips.")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
 @click.option("--tail", type=click.Choice(["pad", "drop"]), default="pad", show_default=True,
               help="Pad the last partial clip by repeating its last frame, or drop it.")
 @click.option("--input-format", "input_format", default=None,
@@ -94,6 +96,10 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
     jobs = _jobs(paths, output_dir, from_list)
     model_kwargs, run_kwargs = split_model_options(options)
     run_kwargs.update(format=input_format, input_options=parse_input_options(input_option))
+    if output_dir is None and from_list is None:
+        _check_single_output(jobs[0][1], overwrite)
+    else:
+        check_folder_writable(output_dir)
     pending = [(src, out) for src, out in jobs if overwrite or not out.exists()]
     for src, out in jobs:
         if (src, out) not in pending:
@@ -112,16 +118,31 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
                          f"{', '.join(str(src) for src in failed)}")
 
 
+def _check_single_output(output, overwrite):
+    """`extract VIDEO OUT.npy` names one output: an existing one is an error, not a silent skip
+    (a script would take the old features for new ones); a bad output path fails before work."""
+    if output.exists() and not overwrite:
+        raise Ig65mError(f"{output} exists: nothing extracted; pass --overwrite to replace it")
+    check_writable(output)
+
+
+def _make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Ig65mError(f"cannot make folder {folder}: {err.strerror}") from None
+
+
 def _run_jobs(extractor, jobs, run_kwargs, labels, single):
     failed = []
     for source, output in jobs:
-        if not single:
-            output.parent.mkdir(parents=True, exist_ok=True)
         tally, clip_tops, on_batch = None, [], None
         if labels is not None:
             tally = ClipLabels(labels)
             on_batch = lambda batch: clip_tops.extend(tally.add(batch))  # noqa: E731
         try:
+            if not single:
+                _make_folder(output.parent)
             meta = extractor.extract(source, output, **run_kwargs, on_batch=on_batch)
         except Ig65mError as err:
             if single:

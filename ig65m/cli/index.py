@@ -6,7 +6,7 @@ import os
 import click
 
 from ig65m.cli.base import command
-from ig65m.cli.options import model_options, split_model_options
+from ig65m.cli.options import finite, model_options, split_model_options
 from ig65m.errors import Ig65mError
 from ig65m.defaults import MAX_K
 from ig65m.index.build import DEFAULT_TARGET_RECALL, build_index
@@ -26,7 +26,7 @@ from ig65m.index.server import ServeOptions, serve
               help="Distance: l2, or cosine (vectors normalised)  [l2]")
 @click.option("--append", is_flag=True,
               help="Add the feature files not yet in an existing INDEX_DIR.")
-@click.option("--target-recall", type=click.FloatRange(0, 1), default=DEFAULT_TARGET_RECALL,
+@click.option("--target-recall", type=finite(0, 1), default=DEFAULT_TARGET_RECALL,
               show_default=True,
               help="Recall@10 the default search breadth (nprobe) is calibrated for.")
 @click.option("--path-prefix", "path_prefixes", multiple=True, metavar="OLD=NEW",
@@ -116,11 +116,11 @@ def index_serve(index_dir, token, cors_origin, access_log, model, weights, media
 
 @command("index-query")
 @click.argument("query", metavar="FEATURES.npy|VIDEO")
-@click.argument("clip", type=click.IntRange(0), required=False)
+@click.argument("clip", type=click.IntRange(0, 2**62), required=False)
 @model_options
 @click.option("--k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
               help="Neighbours per query clip.")
-@click.option("--nprobe", type=click.IntRange(1), default=None,
+@click.option("--nprobe", type=click.IntRange(1, 2**31 - 1), default=None,
               help="Search breadth (IVF lists / HNSW efSearch) [the index's calibrated default]")
 @click.option("--url", default=None, envvar="IG65M_URL", show_envvar=True,
               help="Server URL [http://HOST:PORT]")
@@ -128,7 +128,7 @@ def index_serve(index_dir, token, cors_origin, access_log, model, weights, media
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, envvar="IG65M_PORT",
               show_default=True, show_envvar=True)
 @click.option("--token", default=None, envvar="IG65M_TOKEN", show_envvar=True)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+@click.option("--timeout", type=finite(0, 86400, min_open=True), default=30.0,
               show_default=True, help="Seconds to wait for each answer.")
 @click.option("--format", "output_format", type=click.Choice(["json", "table"]), default="json",
               show_default=True)

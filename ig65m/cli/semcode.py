@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ig65m.cli.base import command
+from ig65m.cli.options import finite
 from ig65m.semcode import SCALES, VIEWS, semcode as draw_semcode
 
 
@@ -27,11 +28,11 @@ from ig65m.semcode import SCALES, VIEWS, semcode as draw_semcode
 @click.option("--boundaries", is_flag=True,
               help="mark scene boundaries (where consecutive clips change most) and print "
                    "them as JSON on stdout.")
-@click.option("--color", "hue", type=float, default=20.0, show_default=True,
+@click.option("--color", "hue", type=finite(0, 360), default=20.0, show_default=True,
               help="hue of the strip in degrees (0-360), as the original semcode.")
 @click.option("--title", default=None, help="figure title  [default: the features file name; '' for none]")
-@click.option("--width", type=int, default=1000, show_default=True, help="picture width in pixels.")
-@click.option("--dpi", type=int, default=100, show_default=True,
+@click.option("--width", type=click.IntRange(100, 20000), default=1000, show_default=True, help="picture width in pixels.")
+@click.option("--dpi", type=click.IntRange(10, 2400), default=100, show_default=True,
               help="dots per inch: text size relative to the picture, and raster resolution.")
 def semcode(features, image, view, scale, centre, video, boundaries, hue, title, width, dpi):
     """Draw the clip features in FEATURES (.npy from `extract`) over time into IMAGE.

@@ -5,6 +5,7 @@ import json
 import click
 
 from ig65m.cli.base import command
+from ig65m.cli.options import FRAMES, PIXELS, SEED, COUNT, finite
 from ig65m.defaults import DEFAULT_MODEL
 
 _MODEL_HELP = "Model name (see `ig65m models`)."
@@ -12,14 +13,14 @@ _MODEL_HELP = "Model name (see `ig65m models`)."
 
 def _clip_options(function):
     for option in reversed([
-        click.option("--clip-frames", type=click.IntRange(min=1), default=None,
+        click.option("--clip-frames", type=FRAMES, default=None,
                      help="Frames per clip [model default]."),
-        click.option("--frame-size", type=click.IntRange(min=1), default=None,
+        click.option("--frame-size", type=PIXELS, default=None,
                      help="Short side of decoded frames [model default]."),
-        click.option("--crop-size", type=click.IntRange(min=1), default=None,
+        click.option("--crop-size", type=PIXELS, default=None,
                      help="Side of the square crop fed to the model [model default]."),
         click.option("--device", default=None, help="torch device [cuda when present, else cpu]."),
-        click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--num-workers", type=click.IntRange(0, 256), default=0, show_default=True,
                      help="Decoding processes (DataLoader workers)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]):
@@ -35,25 +36,25 @@ def _clip_options(function):
               help="Starting weights: a local .pth, 'random', or [the pretrained release].")
 @click.option("--val", "val_dataset", type=click.Path(), default=None,
               help="Validation dataset (folder or CSV) [DATASET/val, or --val-split].")
-@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--val-split", type=finite(0, 1, min_open=True, max_open=True),
               default=None,
               help="Fraction of each class held out for validation when DATASET has no val/ "
                    "[0.2].")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1_000_000), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=8, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw",
               show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=finite(0, 1000, min_open=True), default=None,
               help="Peak learning rate of the cosine schedule [1e-3 AdamW, 1e-2 SGD].")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
-@click.option("--freeze", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--weight-decay", type=finite(0, 1000), default=1e-4, show_default=True)
+@click.option("--freeze", type=click.IntRange(0, 10_000), default=0, show_default=True,
               help="Freeze the first K feature blocks (R(2+1)D: stem + residual blocks).")
 @click.option("--no-flip", is_flag=True,
               help="No horizontal flips in training (for classes that flipping changes).")
-@click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
+@click.option("--chunk-frames", type=FRAMES, default=None,
               help="Stream models (movinet_*_stream): feed each training clip in chunks of "
                    "this many frames through the stream buffer, cleaned between videos.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT_DIR from its last.pth.")
 @_clip_options
 def finetune(dataset, out_dir, model, weights, val_dataset, val_split, epochs, batch_size,
@@ -88,9 +89,9 @@ def finetune(dataset, out_dir, model, weights, val_dataset, val_split, epochs, b
                    "published list].")
 @click.option("--mode", type=click.Choice(["clip", "video"]), default="video", show_default=True,
               help="clip: one centred clip, centre crop; video: clips x 3 crops, averaged.")
-@click.option("--num-clips", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--num-clips", type=COUNT, default=10, show_default=True,
               help="Uniformly spaced clips per video in --mode video.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=8, show_default=True,
               help="Clips per forward pass.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.json (every figure and prediction) and confusion.png.")

@@ -6,26 +6,24 @@ It is written in a temporary folder beside the target and renamed into place: ne
 """
 
 import logging
-import contextlib
 import datetime
 import math
 import os
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.fileio import check_writable, write_json
+from ig65m.fileio import check_folder_takes_files, resolve_output, write_json
 from ig65m.index.media import locate_source, recorded_roots
 from ig65m.index.manifest import INDEX_FILE, METADATA_FILE, MANIFEST_FILE, METRICS, read_manifest
 from ig65m.index.search import search_knob
 from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_files, sample_rows
 from ig65m.index.store import MetadataStore
+from ig65m.index.swap import locked, recover, replace_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,49 +159,54 @@ def recall_at_k(found, truth, query_ids, k):
     return hits / max(len(query_ids), 1)
 
 
-@contextlib.contextmanager
-def staging_dir(index_dir):
-    """A temporary folder beside `index_dir`, removed unless the block renames it away."""
-    check_writable(index_dir.parent / f".{index_dir.name}.probe")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".tmp", dir=index_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the index is an ordinary folder
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(staged, index_dir):
-    """Move `staged` onto `index_dir`: the old directory is renamed aside first, then removed."""
-    if not index_dir.exists():
-        os.rename(staged, index_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".old", dir=index_dir.parent))
-    os.rename(index_dir, old / "index")
-    os.rename(staged, index_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
                 target_recall=DEFAULT_TARGET_RECALL, progress=True, path_prefixes=()):
     """Build `index_dir` from feature files/folders `inputs`, or with `append=True` add the files not
     yet in it; source paths are recorded absolute after `path_prefixes` [(OLD, NEW)] rewriting
-    (see ig65m.index.media). Returns the manifest dict written."""
-    index_dir = Path(index_dir)
-    if append:
-        return _append(inputs, index_dir, progress, path_prefixes)
+    (see ig65m.index.media). Returns the manifest dict written.
+
+    Every input is checked first; then the index's write lock is taken (a second build on the same
+    index waits), and the new index is swapped in as `swap.replace_dir` describes."""
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
-    if index_dir.exists():
-        raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
-    files = open_feature_files(find_feature_files(inputs))
+    if index_key is not None and not index_key.strip():
+        raise Ig65mError("--index-key is empty: give a Faiss factory string, or leave it out")
+    index_dir = resolve_output(index_dir)
+    check_folder_takes_files(index_dir.parent, index_dir)  # fails before any reading
+    if append:
+        manifest = read_manifest(index_dir)  # dimension and model never change on --append
+        files = open_feature_files(find_feature_files(inputs), dim=manifest["dimension"],
+                                   model=manifest.get("model"))
+    else:
+        recover(index_dir)
+        _check_new(index_dir)
+        files = open_feature_files(find_feature_files(inputs))
+        count, dim = sum(item.rows for item in files), files[0].dim
+        index_key = index_key or choose_index_key(count, dim)
+        new_index(index_key, dim, metric)  # a bad --index-key fails before any work
     locate_sources(files, path_prefixes)
     check_inputs(files, progress)
-    count, dim = sum(item.rows for item in files), files[0].dim
-    index_key = index_key or choose_index_key(count, dim)
-    index = new_index(index_key, dim, metric)
+    with locked(index_dir):
+        recover(index_dir, holding_lock=True)
+        if append:
+            return _append(files, index_dir, progress)
+        _check_new(index_dir)  # another build may have made it while this one waited
+        return _build(files, index_dir, index_key, metric, target_recall, progress)
+
+
+def locate_sources(files, prefixes):
+    """Record each file's source video as a path the server can resolve (ig65m.index.media)."""
+    for item in files:
+        item.source = locate_source(item.source, item.path, prefixes)
+
+
+def _check_new(index_dir):
+    if index_dir.exists():
+        raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
+
+
+def _build(files, index_dir, index_key, metric, target_recall, progress):
+    index = new_index(index_key, files[0].dim, metric)
     with staging_dir(index_dir) as tmp:
         sample_ids, sample = train(index, files, metric, progress)
         # the sample is in collection order: pick queries across it, not from the first file
@@ -224,36 +227,29 @@ def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
     return manifest
 
 
-def locate_sources(files, prefixes):
-    """Record each file's source video as a path the server can resolve (ig65m.index.media)."""
-    for item in files:
-        item.source = locate_source(item.source, item.path, prefixes)
-
-
-def _append(inputs, index_dir, progress, path_prefixes=()):
+def _append(files, index_dir, progress):
+    """Add `files` not yet in `index_dir`; the caller holds the lock, so the index read here is the
+    latest one, and no other run can replace it meanwhile."""
     manifest = read_manifest(index_dir)
     with staging_dir(index_dir) as tmp:
         shutil.copy2(index_dir / METADATA_FILE, tmp / METADATA_FILE)
         store = MetadataStore(tmp / METADATA_FILE, writable=True)
-        paths = []
-        for path in find_feature_files(inputs):
-            if store.has_file(path):
-                log.info("skipping %s: already in the index", path)
+        new = []
+        for item in files:
+            if store.has_file(item.path):
+                log.info("skipping %s: already in the index", item.path)
             else:
-                paths.append(path)
-        if not paths:
+                new.append(item)
+        if not new:
             store.close()
             return manifest
-        files = open_feature_files(paths, dim=manifest["dimension"], model=manifest.get("model"))
-        locate_sources(files, path_prefixes)
-        check_inputs(files, progress)
         index = faiss.read_index(str(index_dir / INDEX_FILE))
-        add_files(index, store, files, manifest["metric"], progress)
+        add_files(index, store, new, manifest["metric"], progress)
         store.close()
         model, roots = manifest.get("model"), manifest.get("media_roots", [])
         extraction = manifest.get("extraction")
-        manifest.update(_manifest(index, manifest["index_key"], manifest["metric"], files,
-                                  manifest["files"] + len(files), created=manifest["created"]))
+        manifest.update(_manifest(index, manifest["index_key"], manifest["metric"], new,
+                                  manifest["files"] + len(new), created=manifest["created"]))
         manifest["model"] = model or manifest["model"]
         manifest["media_roots"] = sorted(set(roots) | set(manifest["media_roots"]))
         manifest["extraction"] = extraction or manifest["extraction"]
@@ -273,5 +269,8 @@ def _manifest(index, index_key, metric, files, file_count, created=None):
 
 
 def _write(index, manifest, folder):
-    faiss.write_index(index, str(folder / INDEX_FILE))
+    try:
+        faiss.write_index(index, str(folder / INDEX_FILE))
+    except RuntimeError as err:
+        raise Ig65mError(f"cannot write {folder.parent}: {_faiss_reason(err)}") from None
     write_json(folder / MANIFEST_FILE, manifest)

@@ -14,7 +14,10 @@ METRICS = ("l2", "cosine")
 
 def read_manifest(index_dir):
     """The manifest of an index directory; Ig65mError when it is not one."""
+    from ig65m.index.swap import recover  # swap imports fileio; manifest stays light
+
     index_dir = Path(index_dir)
+    recover(index_dir)
     path = index_dir / MANIFEST_FILE
     if not index_dir.is_dir():
         raise Ig65mError(f"index directory not found: {index_dir}")

@@ -26,6 +26,8 @@ def query_index(client, query, clip=None, *, k=10, nprobe=None, model_kwargs=Non
 def _pick(features, meta, clip, label):
     """Rows to query and their descriptions {"path", "clip", "start", "end"}."""
     count = len(features)
+    if count == 0:
+        raise Ig65mError(f"{label} holds no clips to query with")
     if clip is not None and clip >= count:
         raise Ig65mError(f"{label} has {count} clips (0 to {count - 1}); clip {clip} does not exist")
     numbers = range(count) if clip is None else [clip]

@@ -55,6 +55,9 @@ def list_entries(source):
     source = Path(source)
     if not source.exists():
         raise Ig65mError(f"dataset not found: {source}")
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        raise Ig65mError(f"dataset {source} is a video: give a folder of class folders (one per "
+                         f"label) or a CSV of path,label rows")
     entries = read_csv(source) if source.is_file() else _folder_entries(source)
     if not entries:
         raise Ig65mError(f"dataset {source} is empty: expected class folders of videos or "
@@ -90,8 +93,12 @@ def _natural_key(path):
 
 def read_csv(path):
     """Rows of a `path,label` CSV (or a Kinetics annotation CSV) -> [(item path, label)]."""
-    with open(path, newline="", encoding="utf-8-sig") as stream:
-        rows = [row for row in csv.reader(stream) if row and any(cell.strip() for cell in row)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            rows = [row for row in csv.reader(stream) if row and any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error, OSError) as err:
+        raise Ig65mError(f"dataset {path} is not a CSV of path,label rows ({_short(err)}): give a "
+                         f"folder of class folders, or a CSV") from None
     if not rows:
         return []
     header = [cell.strip().lower() for cell in rows[0]]
@@ -107,6 +114,10 @@ def read_csv(path):
             raise Ig65mError(f"{path}: row {number} is not path,label: {','.join(row)}")
         entries.append((path.parent / row[path_col].strip(), row[label_col].strip()))
     return entries
+
+
+def _short(err):
+    return getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
 
 
 def _kinetics_entry(folder, row):

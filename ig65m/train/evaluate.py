@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.fileio import write_json
+from ig65m.fileio import check_folder_writable, write_json
+from ig65m.memory import check_fits
 from ig65m.labels import dataset_labels, read_labels
 from ig65m.models import get_spec
 from ig65m.device import resolve_device
@@ -120,9 +121,14 @@ def evaluate(dataset, *, model, weights=None, labels=None, mode="video", num_cli
     and `out_dir/confusion.png` when `out_dir` is given)."""
     if mode not in ("clip", "video"):
         raise Ig65mError(f"--mode must be clip or video, not {mode!r}")
+    if out_dir is not None:
+        out_dir = check_folder_writable(out_dir)
     spec = get_spec(model)
-    label_names = find_labels(spec, weights, labels, progress=progress)
     settings = clip_settings(spec, clip_frames, frame_size, crop_size)
+    views = 1 if mode == "clip" else num_clips * 3
+    check_fits(max(views, batch_size), settings.clip_frames, settings.crop_size,
+               settings.frame_size, what="--num-clips, --batch-size and --clip-frames")
+    label_names = find_labels(spec, weights, labels, progress=progress)
     entries = datasets.label_indices(evaluation_entries(dataset), label_names)
     net, sha256 = adapt.load_for_eval(spec, weights, len(label_names), progress=progress)
     samples = datasets.probe(entries, frame_size=settings.frame_size, progress=progress,

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.fileio import atomic_path
+from ig65m.fileio import atomic_path, check_folder_writable
+from ig65m.memory import check_fits
 from ig65m.models import get_spec
 from ig65m.train import adapt, datasets, plots
 from ig65m.device import resolve_device
@@ -39,6 +40,8 @@ from ig65m.transforms import transform_for
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "ig65m-finetune-1"
+CHECKPOINT_KEYS = ("format", "config", "labels", "epoch", "history", "best", "model", "optimizer",
+                   "scheduler", "scaler", "rng_cpu", "rng_cuda")  # what `Run.checkpoint` saves
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 
@@ -95,6 +98,8 @@ class Run:
         self.spec = get_spec(config.model)
         self.settings = clip_settings(self.spec, config.clip_frames, config.frame_size,
                                       config.crop_size)
+        check_fits(config.batch_size, self.settings.clip_frames, self.settings.crop_size,
+                   self.settings.frame_size, what="--batch-size and --clip-frames")
         if config.chunk_frames and not self.spec.weights.stream:
             raise Ig65mError(f"--chunk-frames needs a stream model with a stream buffer "
                              f"(e.g. movinet_a0_stream), not {config.model}")
@@ -166,24 +171,39 @@ class Run:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a corrupt file
             raise Ig65mError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise Ig65mError(f"{path} is not a finetune checkpoint")
-        differs = [f"--{key.replace('_', '-')} {value!r} (now {getattr(self.config, key)!r})"
-                   for key, value in state["config"].items() if getattr(self.config, key) != value]
-        if differs:
-            raise Ig65mError(f"{path} was trained with other options; resume with the same ones: "
-                             + ", ".join(differs))
-        if state["labels"] != self.labels:
-            raise Ig65mError(f"{path} was trained on other classes: {', '.join(state['labels'])}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
+        self._check_checkpoint(path, state)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng_cpu"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise Ig65mError(f"{path} does not fit this run's model and optimiser: "
+                             f"{str(err).splitlines()[0]}") from None
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         log.info("resuming after epoch %d of %d", self.epoch, self.config.epochs)
+
+    def _check_checkpoint(self, path, state):
+        """The checkpoint must hold every part `resume` loads, made with this run's options."""
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise Ig65mError(f"{path} is not a finetune checkpoint")
+        missing = sorted(set(CHECKPOINT_KEYS) - set(state))
+        if missing or not isinstance(state["config"], dict):
+            raise Ig65mError(f"{path} is not a complete finetune checkpoint "
+                             f"(missing: {', '.join(missing) or 'config'})")
+        now = asdict(self.config)
+        differs = [f"--{key.replace('_', '-')} {state['config'].get(key)!r} (now {now[key]!r})"
+                   for key in sorted(set(now) | set(state["config"]))
+                   if key not in now or state["config"].get(key, now[key]) != now[key]]
+        if differs:
+            raise Ig65mError(f"{path} was trained with other options; resume with the same ones: "
+                             + ", ".join(differs))
+        if state["labels"] != self.labels:
+            raise Ig65mError(f"{path} was trained on other classes: "
+                             f"{', '.join(map(str, state['labels'] or []))}")
 
     def _save_epoch(self, row):
         out = self.out_dir
@@ -284,7 +304,7 @@ def finetune(dataset, out_dir, config, *, val=None, resume=False, device=None, n
              progress=True, on_epoch_end=None):
     """Fine-tune as `config` says -> the summary dict. `on_epoch_end(run, row)` is called after
     each epoch's files are written. A fresh run refuses an OUT_DIR holding a checkpoint."""
-    out_dir = Path(out_dir)
+    out_dir = check_folder_writable(out_dir)
     if not resume and (out_dir / "last.pth").exists():
         raise Ig65mError(f"{out_dir} already holds a run (last.pth): pass --resume to continue "
                          f"it, or choose another folder")
