@@ -78,6 +78,8 @@ class Extractor:
             torch.set_num_threads(threads)
         self.threads = threads or torch.get_num_threads()
         self.pooling = (pool_spatial, pool_temporal)
+        # decode on the GPU where PyAV can (NVDEC), falling back to the CPU
+        self.hwaccel = "cuda" if self.device.type == "cuda" else None
         self._runners = {}  # clip shape (C, T, H, W) -> backend Runner
         self.runner = None  # the last one used, recorded in the sidecar
         if onnx is not None:
@@ -197,7 +199,7 @@ class Extractor:
 
     def _clips(self, source, settings, max_clips, duration, format, input_options):
         frames = read_frames(source, frame_size=settings["frame_size"], format=format,
-                             options=input_options)
+                             options=input_options, hwaccel=self.hwaccel)
         if duration is not None:
             frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
         if settings["fps"]:

@@ -209,3 +209,12 @@ def test_a_real_family_runs_in_openvino_from_the_command_line(tmp_path, video, o
     meta = json.loads(sidecar_path(outputs["openvino"]).read_text())
     assert (meta["backend"], meta["precision"]) == ("openvino", "fp32")
     assert np.abs(np.load(outputs["openvino"]) - np.load(outputs["torch"])).max() <= 1e-4
+
+
+def test_hardware_decode_falls_back_to_the_cpu(video):
+    """No GPU here (or an NVDEC-less build): asking for CUDA decoding still decodes, on the CPU."""
+    from ig65m.video import read_frames
+
+    plain = [frame.image for frame in read_frames(video, frame_size=40)]
+    hardware = [frame.image for frame in read_frames(video, frame_size=40, hwaccel="cuda")]
+    assert len(plain) == 64 and all(np.array_equal(a, b) for a, b in zip(plain, hardware))

@@ -5,5 +5,4 @@
 - `gate`: features and top-1 against torch fp32 on real clips.
 - `cache`: converted models and measured choices, keyed by model, weights, shape and versions.
 - `ort`: the one ONNX Runtime session factory; `openvino`: OpenVINO and NNCF INT8.
-- `threads`: thread defaults for the core count.
 """
