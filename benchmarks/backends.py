@@ -97,8 +97,8 @@ def clip_model(name, args, video):
     calibration, clips = prepared(extractor, video, max(args.calibration_clips, args.batch_size))
     calibration.count = args.calibration_clips
     batch = clips[:args.batch_size]
-    print(f"\n== {name}: batches of {tuple(batch.shape)}, {len(clips)} real clips for the "
-          f"cosines ==")
+    print(f"\n== {name}: batches of {tuple(batch.shape)}; cosines on {args.gate_clips} real clips, "
+          f"INT8 calibrated on {args.calibration_clips} ==")
     names = args.backends + (["auto"] if args.auto else [])
     same = runners_for(extractor, names, args.threads, calibration, batch)
     for runner in same.values():
