@@ -45,14 +45,14 @@ def make_video(folder, minutes, width=640, height=480):
 
 def throughput(video, clips, batch_size, rounds):
     """End-to-end clips/s against model-only clips/s on the same clips, in alternating rounds."""
-    extractor = Extractor(MODEL, "random", progress=False)
-    transform = transform_for(extractor.spec.weights)
+    extractor = Extractor(MODEL, "random", backend="torch", progress=False)
+    transform = transform_for(extractor.settings())
     prepared = list(_batched(extractor._clips(video, extractor.settings(), clips, None, None, None),
                              transform, batch_size))
 
     def model_only():
         for tensor, _ in prepared:
-            extractor._run(tensor)
+            extractor.run(tensor)
         return clips
 
     def end_to_end():

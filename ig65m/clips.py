@@ -48,11 +48,13 @@ def resample_fps(frames, fps) -> Iterator[Frame]:
         index += 1
 
 
-def source_frames(source, settings, *, duration=None, format=None, input_options=None):
-    """The frames a model sees of `source`: decoded at `settings.frame_size`, cut at `duration`
-    seconds, resampled to `settings.fps` when set (a resolved `ig65m.preprocess.Preprocess`)."""
+def source_frames(source, settings, *, duration=None, format=None, input_options=None,
+                  hwaccel=None):
+    """The frames a model sees of `source`: decoded at `settings.frame_size` (on `hwaccel`, e.g.
+    "cuda", where PyAV can), cut at `duration` seconds, resampled to `settings.fps` when set (a
+    resolved `ig65m.preprocess.Preprocess`)."""
     frames = read_frames(source, frame_size=settings.frame_size, format=format,
-                         options=input_options)
+                         options=input_options, hwaccel=hwaccel)
     if duration is not None:
         frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
     return resample_fps(frames, settings.fps) if settings.fps else frames

@@ -30,7 +30,6 @@ from tqdm import tqdm
 from ig65m.errors import Ig65mError
 from ig65m.extract import resolve_device
 from ig65m.fileio import atomic_path, check_writable
-from ig65m.flow import is_flow_model
 from ig65m.models import get_model, get_spec
 from ig65m.sample import write_video
 from ig65m.video import check_source, open_container, read_frames
@@ -67,7 +66,7 @@ class DreamOptions:
 def rgb_spec(model):
     """The registry spec of `model`; Ig65mError for models that do not take RGB frames."""
     spec = get_spec(model)
-    if is_flow_model(spec.weights):
+    if spec.weights.modality == "flow":
         raise Ig65mError(f"{model} takes optical flow, not RGB frames: dream with an RGB model")
     return spec
 

@@ -9,6 +9,7 @@ import itertools
 import queue
 import sys
 import threading
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -16,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from ig65m.clips import clip_windows, expected_clips, source_frames
-from ig65m.defaults import BACKENDS
+from ig65m.defaults import BACKENDS, default_backend
 from ig65m.device import resolve_device
-from ig65m.embedder import ClipEmbedder, run_torch
+from ig65m.embedder import ClipEmbedder
 from ig65m.errors import Ig65mError
 from ig65m.fileio import FeatureWriter, check_writable
 from ig65m.flow import flow_frames
@@ -27,6 +28,7 @@ from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
 from ig65m.video import is_live, probe
+from ig65m.weights import sha256_file
 
 CLIP_OPTIONS = ("frame_size", "clip_frames", "step", "fps", "crop_size", "frame_stride")
 _QUEUE_BATCHES = 2  # batches prepared ahead of the model: enough to hide decoding, little memory
@@ -43,59 +45,110 @@ class Batch(NamedTuple):
 class Extractor:
     """A model loaded once, turning sources into per-clip features.
 
-    `weights`: None (the pretrained release, downloaded and cached), a `.pth` path, or "random".
-    `backend`: "torch", or "onnxruntime" with `onnx` an exported file (exported into the cache
-    when None).
+    `weights`: None (the pretrained release, downloaded and cached), a `.pth` path, "random" or
+    "random:SEED".
+    `backend`: a name of ig65m.defaults.BACKENDS; None is `default_backend()` ($IG65M_BACKEND, else
+    "auto"), resolved on the first batch of each clip shape (ig65m.backends.select).
+    `onnx`: an exported embedder to run with "onnxruntime" or "openvino" instead of torch weights
+    (none are loaded). `threads`: intra-op threads of every backend (None: torch's setting, one per
+    core unless changed). `calibration`: videos or folders whose clips calibrate INT8 and check the
+    accuracy gate (None: the source being extracted, when it is a file).
     """
 
     def __init__(self, model=DEFAULT_MODEL, weights=None, *, device=None, pool_spatial="mean",
-                 pool_temporal="mean", backend="torch", onnx=None, progress=True):
-        if backend not in BACKENDS:
-            raise Ig65mError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+                 pool_temporal="mean", backend=None, onnx=None, threads=None, calibration=None,
+                 progress=True):
+        self.backend = backend or default_backend()
+        if self.backend not in BACKENDS:
+            raise Ig65mError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
         self.spec = get_spec(model)
         self.device = resolve_device(device)
-        self.progress = progress
+        self.progress, self.calibration = progress, calibration
+        if threads is not None:
+            if threads < 1:
+                raise Ig65mError(f"--threads must be positive, got {threads}")
+            torch.set_num_threads(threads)
+        self.threads = threads or torch.get_num_threads()
+        self.pooling = (pool_spatial, pool_temporal)
+        self._runners = {}  # clip shape (C, T, H, W) -> backend Runner
+        self.runner = None  # the last one used, recorded in the sidecar
+        if onnx is not None:
+            self._open_onnx(onnx)
+            return
+        self.onnx = None
         network, self.weights_sha256 = get_model(model, weights, progress=progress)
         self.embedder = ClipEmbedder(network, pool_spatial=pool_spatial,
                                      pool_temporal=pool_temporal).to(self.device).eval()
-        self.backend = backend
-        self._run = self._make_runner(backend, onnx)
+
+    def _open_onnx(self, path):
+        """Run an exported file: no torch weights are loaded (or downloaded); the sidecar records
+        the file and its sha256 instead."""
+        from ig65m.backends.runners import Runner
+
+        if self.backend not in ("onnxruntime", "openvino"):
+            raise Ig65mError(f"--onnx runs with --backend onnxruntime or openvino, not {self.backend}")
+        if not Path(path).is_file():
+            raise Ig65mError(f"ONNX model not found: {path}")
+        self.embedder, self.weights_sha256 = None, None
+        self.onnx = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+        if self.backend == "onnxruntime":
+            from ig65m.convert.onnx import OnnxBackend
+            run = OnnxBackend(path, threads=self.threads, device=self.device)
+        else:
+            from ig65m.backends.openvino import OpenVinoRunner
+            run = OpenVinoRunner(path, precision="fp32", threads=self.threads)
+        self.runner = Runner(self.backend, run)
 
     @property
     def feature_dim(self):
         return self.spec.feature_dim
 
-    def _make_runner(self, backend, onnx):
-        if backend == "torch":
-            return lambda clips: run_torch(self.embedder, clips, self.device)
-        from ig65m.convert.onnx import OnnxBackend  # optional path, imported lazily
-        if onnx is not None:
-            return OnnxBackend(onnx)
-        sessions = {}  # one exported model per clip shape (channels, frames, crop, crop)
+    def _runner_for(self, clip_shape, source, settings, format, batch_size):
+        """The backend for clips of `clip_shape`, chosen on first use (see ig65m.backends)."""
+        if self.onnx is not None:
+            return self.runner
+        if clip_shape not in self._runners:
+            from ig65m.backends.runners import Target
+            from ig65m.backends.select import choose
 
-        def run(clips):
-            shape = tuple(clips.shape[1:])
-            if shape not in sessions:
-                sessions[shape] = OnnxBackend(self._cached_onnx(shape))
-            return sessions[shape](clips)
+            def calibration():
+                return self._clip_set(source, settings, format, for_gate=False)
 
-        return run
+            def gate_clips():
+                clips = self._clip_set(source, settings, format, for_gate=True)
+                return None if clips is None else clips.tensor(clips.count)
 
-    def _cached_onnx(self, clip_shape):
-        """The embedder exported for clips of `clip_shape` (C, T, H, W), in the cache."""
-        from ig65m.convert.onnx import export_onnx
-        from ig65m.weights import cache_dir
+            target = Target(self.embedder, self.spec.name, self.weights_sha256, clip_shape,
+                            self.device, self.threads, calibration)
+            self._runners[clip_shape] = choose(self.backend, target, gate_clips, batch_size)
+        self.runner = self._runners[clip_shape]
+        return self.runner
 
-        channels, frames, crop = clip_shape[:3]
-        sha = (self.weights_sha256 or "random")[:16]
-        path = cache_dir() / "onnx" / (f"{self.spec.name}-{sha}-{self.embedder.pool_spatial}-"
-                                       f"{self.embedder.pool_temporal}-{frames}x{crop}.onnx")
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(self.embedder.cpu(), path, clip_frames=frames, crop_size=crop,
-                        channels=channels)
-            self.embedder.to(self.device)
-        return path
+    def run(self, clips, source=None):
+        """One prepared batch (N, C, T, H, W) through the backend -> float32 (logits, features).
+        The backend is chosen on first use of the shape; `source` (a video file) gives its gate
+        clips, else --calibration does."""
+        settings = self.settings(clip_frames=clips.shape[2], crop_size=clips.shape[3])
+        runner = self._runner_for(tuple(clips.shape[1:]), source, settings, None, len(clips))
+        return runner(clips)
+
+    def _clip_set(self, source, settings, format, *, for_gate):
+        """Real clips for the gate (the source first) or INT8 calibration (--calibration first),
+        preprocessed like the extraction; None when there are none (a camera, no --calibration)."""
+        from ig65m.backends.clipset import CALIBRATION_CLIPS, GATE_CLIPS, ClipSet, video_files
+
+        own = [] if source is None or is_live(source, format) else [source]
+        given = video_files(self.calibration) if self.calibration else []
+        videos = (own or given) if for_gate else (given or own)
+        if not videos:
+            return None
+        transform = transform_for(settings)
+
+        def clips_of(video):
+            for clip in self._clips(video, settings, None, None, None, None):
+                yield transform(clip.frames)
+
+        return ClipSet(videos, clips_of, GATE_CLIPS if for_gate else CALIBRATION_CLIPS)
 
     def settings(self, *, frame_size=None, clip_frames=None, step=None, fps=None, tail="pad",
                  crop_size=None, frame_stride=None):
@@ -118,14 +171,19 @@ class Extractor:
                    what="--batch-size, --clip-frames and --crop-size")
         clips = self._clips(source, settings, max_clips, duration, format, input_options)
         transform = transform_for(settings)
-        with _Prefetcher(_batched(clips, transform, batch_size)) as prepared:
+        pin = self.device.type == "cuda"  # pinned pages: the copy to the GPU overlaps compute
+        with _Prefetcher(_batched(clips, transform, batch_size, pin)) as prepared:
             for tensor, times in prepared:
-                logits, features = self._run(tensor)
+                runner = self._runner_for(tuple(tensor.shape[1:]), source, settings, format,
+                                          batch_size)
+                logits, features = runner(tensor)
                 yield Batch(logits, features, times)
 
     def _clips(self, source, settings, max_clips, duration, format, input_options):
+        # decode on the GPU where PyAV can (NVDEC), falling back to the CPU
         frames = source_frames(source, settings, duration=duration, format=format,
-                               input_options=input_options)
+                               input_options=input_options,
+                               hwaccel="cuda" if self.device.type == "cuda" else None)
         if settings.modality == "flow":
             frames = flow_frames(frames)
         clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,
@@ -200,18 +258,22 @@ class Extractor:
             "model": self.spec.name,
             "weights_sha256": self.weights_sha256,
             "feature_dim": self.feature_dim,
-            "backend": self.backend,
+            "backend": self.runner.name if self.runner else self.backend,
+            "precision": self.runner.precision if self.runner else None,
+            **({"onnx": self.onnx} if self.onnx else {}),
             **settings.clip_settings(),
-            "pool_spatial": self.embedder.pool_spatial,
-            "pool_temporal": self.embedder.pool_temporal,
+            "pool_spatial": self.pooling[0],
+            "pool_temporal": self.pooling[1],
             "clips": [[round(start, 6), round(end, 6)] for start, end in times],
         }
 
 
-def _batched(clips, transform, batch_size):
-    """Clips -> (tensor (n, C, T, H, W), times (n, 2)) with n = batch_size except the last."""
+def _batched(clips, transform, batch_size, pin=False):
+    """Clips -> (tensor (n, C, T, H, W), times (n, 2)) with n = batch_size except the last;
+    `pin`: in page-locked memory, for asynchronous copies to a GPU."""
     while chunk := list(itertools.islice(clips, batch_size)):
         tensor = torch.stack([transform(clip.frames) for clip in chunk])
+        tensor = tensor.pin_memory() if pin else tensor
         times = np.array([[clip.start, clip.end] for clip in chunk], dtype=np.float64)
         yield tensor, times
 

@@ -16,6 +16,20 @@ from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
 
 
+STREAM_BACKENDS = ("torch", "onnxruntime")
+
+
+def stream_backend(requested):
+    """The backend a stream model runs with: `auto` is torch (auto's measurement covers clip
+    models only); backends other than STREAM_BACKENDS are refused with one line."""
+    if requested == "auto":
+        return "torch"
+    if requested not in STREAM_BACKENDS:
+        raise Ig65mError(f"stream models run with --backend {' or '.join(STREAM_BACKENDS)} "
+                         f"(or auto), not {requested}")
+    return requested
+
+
 def _state_names(count):
     return [f"state_{i}" for i in range(count)], [f"next_state_{i}" for i in range(count)]
 
@@ -70,19 +84,15 @@ class StreamRunner:
                 raise Ig65mError("the onnxruntime backend needs an .onnx path for the stream model")
             self._session = self._open_onnx(onnx)
         elif backend != "torch":
-            raise Ig65mError(f"unknown backend {backend!r}; choose torch or onnxruntime")
+            stream_backend(backend)
         self.reset()
 
     def _open_onnx(self, path):
-        import onnxruntime
+        from ig65m.backends.ort import ort_session
 
         export_stream_onnx(self.model, path, height=self.height, width=self.width,
                            chunk_frames=self.chunk_frames)
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only: stderr stays readable
-        options.intra_op_num_threads = self.threads or 0
-        return onnxruntime.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        return ort_session(path, threads=self.threads, device="cpu")
 
     def reset(self):
         state = self.model.initial_state(1, self.height, self.width,

@@ -39,8 +39,11 @@ def _default_format(source):
     return "v4l2" if str(source).startswith("/dev/video") else None
 
 
-def open_container(source, *, format=None, options=None):
-    """Open `source` with PyAV -> (container, its first video stream); Ig65mError if impossible."""
+def open_container(source, *, format=None, options=None, hwaccel=None):
+    """Open `source` with PyAV -> (container, its first video stream); Ig65mError if impossible.
+
+    `hwaccel`: a hardware decoder device type (e.g. "cuda") to try first; the CPU decodes where
+    the device or the codec's hardware path is missing."""
     format = format or _default_format(source)
     if format is None:
         path = Path(source)
@@ -49,13 +52,26 @@ def open_container(source, *, format=None, options=None):
         if path.is_dir():
             raise Ig65mError(f"{source} is a folder, not a video")
     try:
-        container = av.open(str(source), format=format, options=dict(options or {}))
+        container = _open_hw(source, format, options, hwaccel) or \
+            av.open(str(source), format=format, options=dict(options or {}))
     except (av.FFmpegError, OSError, ValueError) as err:
         raise Ig65mError(f"cannot open {source}: {_describe(err)}") from None
     if not container.streams.video:
         container.close()
         raise Ig65mError(f"{source} has no video stream")
     return container, container.streams.video[0]
+
+
+def _open_hw(source, format, options, device_type):
+    if not device_type:
+        return None
+    from av.codec.hwaccel import HWAccel
+
+    try:
+        return av.open(str(source), format=format, options=dict(options or {}),
+                       hwaccel=HWAccel(device_type=device_type, allow_software_fallback=True))
+    except (av.FFmpegError, OSError, ValueError):
+        return None  # no such device here: the CPU decodes
 
 
 def check_source(source, *, format=None, options=None):
@@ -77,13 +93,14 @@ def scaled_size(width, height, frame_size):
     return max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)
 
 
-def read_frames(source, *, frame_size=128, format=None, options=None) -> Iterator[Frame]:
+def read_frames(source, *, frame_size=128, format=None, options=None,
+                hwaccel=None) -> Iterator[Frame]:
     """Decode `source` -> Frames, short side `frame_size` (None: native size), times in seconds.
 
     Times come from presentation timestamps, relative to the first frame; never index / fps.
     Raises Ig65mError for a missing, corrupt, truncated or frameless source.
     """
-    container, stream = open_container(source, format=format, options=options)
+    container, stream = open_container(source, format=format, options=options, hwaccel=hwaccel)
     stream.thread_type = "AUTO"
     with container:
         count, origin, last = 0, None, 0.0

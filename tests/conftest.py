@@ -16,6 +16,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IG65M_HOME", str(tmp_path_factory.mktemp("ig65m_home")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_backend():
+    """The default backend is `auto`, which measures every backend on first use of a model: a
+    user's choice, set for the whole session through $IG65M_BACKEND (as a user can), so that only
+    the tests of backends (tests/test_backends.py, which ask for auto) pay for measuring."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IG65M_BACKEND", "torch")
+        yield
+
+
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory):
     """Random R(2+1)D-34 8-frame weights saved as a .pth, loaded through the real --weights

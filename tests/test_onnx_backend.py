@@ -136,11 +136,11 @@ def test_extract_exports_into_the_cache_when_no_file_is_given(tmp_path, weights)
         result = extract(tmp_path / "v.mkv", tmp_path / "o.npy", *common, *sizes, "--overwrite",
                          "--backend", "onnxruntime")
         onnx_features = _features(result, tmp_path / "o.npy")
-        cached = list((cache_dir() / "onnx").glob(f"{MODEL}-*-8x{crop}.onnx"))
+        cached = list((cache_dir() / "backends").glob(f"{MODEL}-3x8x{crop}x{crop}-*.onnx"))
         assert len(cached) == 1 and OnnxBackend(cached[0]).crop_size == crop
         assert torch_features.shape == (2, 512)
         assert np.abs(onnx_features - torch_features).max() <= 1e-4
-    assert len(list((cache_dir() / "onnx").iterdir())) == 2
+    assert len(list((cache_dir() / "backends").glob("*.onnx"))) == 2
 
 
 def test_extract_with_a_mismatched_onnx_file_fails_cleanly(tmp_path, weights, exported):

@@ -9,10 +9,12 @@ from ig65m.classify import classify_clips, classify_stream, load_stream_model
 from ig65m.cli.base import command
 from ig65m.cli.options import (COUNT, FRAMES, POSITIVE, model_options, parse_input_options,
                                split_model_options)
+from ig65m.cli.backend import backend_options
 from ig65m.errors import Ig65mError
-from ig65m.extract import BACKENDS, Extractor
+from ig65m.extract import Extractor
 from ig65m.labels import labels_for
 from ig65m.models import get_spec
+from ig65m.stream import stream_backend
 from ig65m.video import check_source, is_live
 
 
@@ -56,14 +58,9 @@ def _emit(records, output_format):
               help="ffmpeg input format, e.g. v4l2 or lavfi (default: from the source).")
 @click.option("--input-option", multiple=True, metavar="KEY=VALUE",
               help="ffmpeg input option, e.g. video_size=640x480 (repeatable).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
-@click.option("--onnx", type=click.Path(dir_okay=False), default=None,
-              help="ONNX file for --backend onnxruntime (default: exported into the cache).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads for the model [all cores]; 1 often gives the lowest per-frame "
-                   "latency for stream models on a busy machine.")
+@backend_options
 def classify(source, labels_file, top, every, output_format, max_clips, duration, input_format,
-             input_option, backend, onnx, threads, **options):
+             input_option, backend, onnx, threads, calibration, **options):
     """Print the top classes of SOURCE: per clip and for the whole video.
 
     With a stream model (e.g. --model movinet_a0_stream) frames go through the stream buffer as
@@ -72,10 +69,8 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
     until Ctrl-C. Frames are resampled to the model's training frame rate unless --fps is given.
     """
     spec = get_spec(options["model"])
-    if top < 1 or (every is not None and every < 1) or (threads is not None and threads < 1):
-        raise Ig65mError("--top, --every and --threads must be positive")
-    if threads:
-        torch.set_num_threads(threads)
+    if top < 1 or (every is not None and every < 1):
+        raise Ig65mError("--top and --every must be positive")
     input_options = parse_input_options(input_option)
     check_source(source, format=input_format)
     labels = labels_for(spec.weights, labels_file)
@@ -84,8 +79,11 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
             records = _stream_records(spec, source, labels, top, every, backend, onnx, duration,
                                       input_format, input_options, dict(options, threads=threads))
         else:
+            calibration = calibration or None
             records = _clip_records(source, labels, top, max_clips, duration, input_format,
-                                    input_options, backend, onnx, options)
+                                    input_options, dict(backend=backend, onnx=onnx,
+                                                        threads=threads, calibration=calibration),
+                                    options)
         _emit(records, output_format)
     except KeyboardInterrupt:
         if not is_live(source, input_format):
@@ -94,9 +92,9 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
 
 
 def _clip_records(source, labels, top, max_clips, duration, input_format, input_options,
-                  backend, onnx, options):
+                  backend_kwargs, options):
     model_kwargs, run_kwargs = split_model_options(options)
-    extractor = Extractor(backend=backend, onnx=onnx, **model_kwargs)
+    extractor = Extractor(**backend_kwargs, **model_kwargs)
     return classify_clips(extractor, source, labels, top=top, max_clips=max_clips,
                           duration=duration, format=input_format, input_options=input_options,
                           **run_kwargs)
@@ -104,10 +102,13 @@ def _clip_records(source, labels, top, max_clips, duration, input_format, input_
 
 def _stream_records(spec, source, labels, top, every, backend, onnx, duration, input_format,
                     input_options, options):
+    backend = stream_backend(backend)
+    # one thread: the lowest per-frame latency for the stream models on a busy machine
+    torch.set_num_threads(options["threads"] or 1)
     model, sha, device = load_stream_model(spec, options["weights"], device=options["device"],
                                            backend=backend)
     return classify_stream(spec, model, source, labels, every=every, top=top, device=device,
                            backend=backend, onnx=onnx, weights_sha256=sha,
                            frame_size=options["frame_size"], crop_size=options["crop_size"],
                            fps=options["fps"], duration=duration, format=input_format,
-                           input_options=input_options, threads=options["threads"])
+                           input_options=input_options, threads=options["threads"] or 1)

@@ -10,11 +10,12 @@ from ig65m.cli.base import command
 from ig65m.cli.options import (COUNT, POSITIVE, model_options, parse_input_options,
                                split_model_options)
 from ig65m.errors import Ig65mError
-from ig65m.extract import BACKENDS, Extractor
+from ig65m.cli.backend import backend_options
+from ig65m.extract import Extractor
 from ig65m.fileio import check_folder_writable, check_writable
 from ig65m.labels import labels_for
 from ig65m.models import get_spec
-from ig65m.video import VIDEO_SUFFIXES, check_source
+from ig65m.video import VIDEO_SUFFIXES, check_source, is_live
 
 def _expand(paths, from_list):
     """Sources: files as given, folders searched for videos, plus the lines of --from-list."""
@@ -79,11 +80,9 @@ def _jobs(paths, output_dir, from_list):
 @click.option("--labels", is_flag=False, flag_value="published", default=None, metavar="[FILE]",
               help="Also print the top-5 labels per clip and for the whole video: the model's "
                    "published label list, or the names in FILE (one per line).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
-@click.option("--onnx", type=click.Path(dir_okay=False), default=None,
-              help="ONNX model for --backend onnxruntime (default: export the model to the cache).")
+@backend_options
 def extract(paths, output_dir, from_list, overwrite, input_format, old_input_format, input_option,
-            labels, backend, onnx, **options):
+            labels, backend, onnx, threads, calibration, **options):
     """Extract per-clip features: `extract VIDEO FEATURES.npy`, or many videos with --output-dir.
 
     VIDEO is a file, a camera such as /dev/video0, or any ffmpeg input with --input-format (e.g.
@@ -111,7 +110,10 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
     if labels is not None:  # a bad label file fails before the model loads
         labels = labels_for(get_spec(model_kwargs["model"]).weights,
                             None if labels == "published" else labels)
-    extractor = Extractor(backend=backend, onnx=onnx, **model_kwargs)
+    if not calibration:  # INT8 calibrates on the user's own videos: the files being extracted
+        calibration = [src for src, _ in pending if not is_live(src, input_format)]
+    extractor = Extractor(backend=backend, onnx=onnx, threads=threads,
+                          calibration=calibration or None, **model_kwargs)
     failed = _run_jobs(extractor, pending, run_kwargs, labels, single=len(jobs) == 1)
     if failed:
         raise Ig65mError(f"{len(failed)} of {len(pending)} videos failed: "

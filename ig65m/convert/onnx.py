@@ -5,22 +5,20 @@ float32 with a dynamic batch N and the T, H, W of the export; outputs `logits` (
 `features` (N, D), the pooled feature vector.
 """
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ig65m.backends.ort import OPTIMIZATIONS, ort_session
 from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
 
 INPUT = "clips"
 OUTPUTS = ("logits", "features")
 OPSET = 17
-# ONNX Runtime graph optimisation levels, by the name the options use
-OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                 "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+__all__ = ["OPTIMIZATIONS", "OnnxBackend", "export_onnx"]
 
 
 def export_onnx(embedder, path, *, clip_frames, crop_size, channels=3):
@@ -57,26 +55,12 @@ class OnnxBackend:
     `crop_size` are read from the model's input, which the clips must match.
     """
 
-    def __init__(self, path, *, threads=None, optimization="all"):
-        import onnxruntime as ort
-
+    def __init__(self, path, *, threads=None, optimization="all", device=None):
         self.path = Path(path)
         if not self.path.is_file():
             raise Ig65mError(f"ONNX model not found: {self.path}")
-        if optimization not in OPTIMIZATIONS:
-            raise Ig65mError(f"unknown ONNX Runtime optimization {optimization!r}; choose one of: "
-                             f"{', '.join(OPTIMIZATIONS)}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                   OPTIMIZATIONS[optimization])
-        options.intra_op_num_threads = threads or 0
-        options.log_severity_level = 3  # errors only: stderr stays readable
-        try:
-            self.session = ort.InferenceSession(os.fspath(self.path), options,
-                                                providers=_providers(ort))
-        except Exception as err:  # noqa: BLE001  (ORT raises its own types for any bad file)
-            raise Ig65mError(f"cannot load ONNX model {self.path}: "
-                             f"{str(err).strip().splitlines()[0]}") from None
+        self.session = ort_session(self.path, threads=threads, optimization=optimization,
+                                   device=device)
         self._check_signature()
 
     def _check_signature(self):
@@ -103,10 +87,3 @@ class OnnxBackend:
         logits, features = self.session.run(list(OUTPUTS), {INPUT: clips})
         return logits.astype(np.float32, copy=False), features.astype(np.float32, copy=False)
 
-
-def _providers(ort):
-    available = ort.get_available_providers()
-    wanted = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available and torch.cuda.is_available():
-        wanted.insert(0, "CUDAExecutionProvider")
-    return wanted

@@ -1,0 +1,220 @@
+"""Backends (ig65m.backends): each one against torch fp32, the accuracy gate, `auto` and its cache,
+the sidecar's record of what produced the features. A tiny registered model keeps conversion and
+quantization to seconds; one real family (R(2+1)D-18) runs through the command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch.nn as nn
+from click.testing import CliRunner
+
+from ig65m.backends import cache, clipset, gate, select
+from ig65m.backends.openvino import has_bf16
+from ig65m.backends.ort import providers
+from ig65m.cli import main
+from ig65m.convert.onnx import export_onnx
+from ig65m.errors import Ig65mError
+from ig65m.extract import Extractor
+from ig65m.fileio import sidecar_path
+from ig65m.sample import write_video
+from ig65m.stream import stream_backend
+from ig65m.weights import sha256_file
+from tests.finetune_helpers import registered
+from tests.videos import lossless_video
+
+TINY = "tiny_backend_test"
+CLIPS = dict(clip_frames=8, crop_size=32, frame_size=40, batch_size=4)
+needs_bf16 = pytest.mark.skipif(not has_bf16(), reason="this CPU has no native bf16")
+
+
+class Tiny(nn.Module):
+    """Two 3D convolutions and a linear head: (N, 3, T, H, W) -> 48-d features, 10 classes."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv3d(3, 16, 3, padding=1), nn.BatchNorm3d(16), nn.ReLU(),
+                                  nn.Conv3d(16, 48, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward_features(self, clips):
+        return self.body(clips)
+
+    def forward_head(self, feature_map):
+        return self.fc(feature_map.mean((2, 3, 4)))
+
+    def forward(self, clips):
+        return self.forward_head(self.forward_features(clips))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny():
+    with registered(TINY, Tiny, num_classes=10, family="test") as spec:
+        yield spec
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("backends_home")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(home, monkeypatch):
+    """One cache for this module (conversions are shared between its tests), few calibration
+    clips and a short auto measurement."""
+    monkeypatch.setenv("IG65M_HOME", str(home))
+    monkeypatch.setattr(clipset, "CALIBRATION_CLIPS", 8)
+    monkeypatch.setattr(select, "AUTO_SECONDS", 0.05)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("videos") / "pattern.mkv"
+    lossless_video(path, frames=64, width=64, height=48)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(video, one_thread):
+    return Extractor(TINY, "random:0", backend="torch", progress=False).features(video, **CLIPS)
+
+
+def _cosine(a, b):
+    return gate.cosines(a, b).min()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fp32_backends_equal_torch(backend, video, reference):
+    features, meta = Extractor(TINY, "random:0", backend=backend, progress=False).features(
+        video, **CLIPS)
+    assert features.shape == reference[0].shape == (8, 48)
+    assert np.abs(features - reference[0]).max() <= 1e-4
+    assert (meta["backend"], meta["precision"]) == (backend, "fp32")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("openvino-bf16", marks=needs_bf16),
+                                     "openvino-int8", "torch-bf16"])
+def test_reduced_precision_backends_keep_cosine(backend, video, reference, capsys):
+    extractor = Extractor(TINY, "random:0", backend=backend, progress=False)
+    features, meta = extractor.features(video, **CLIPS)
+    assert meta["backend"] == backend, capsys.readouterr().err  # the gate let it through
+    assert meta["precision"] == backend.split("-")[1]
+    assert _cosine(features, reference[0]) >= 0.99
+    assert not np.array_equal(features, reference[0])  # really computed another way
+
+
+def test_gate_refuses_int8_calibrated_on_blank_frames_and_falls_back(tmp_path, video, reference,
+                                                                     capsys):
+    """Blank frames of the normalisation mean's grey are all zeros to the model: the input range
+    INT8 learns from them is empty, and every real clip is clipped to it. (Black frames are not
+    broken enough: symmetric ranges from -mean/std cover most real inputs.)"""
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    grey = np.full((48, 64, 3), (128, 128, 128), np.uint8)  # the tiny model's mean is 0.5
+    write_video(blank / "grey.mkv", [grey] * 64, fps=30, codec="libx264rgb", options={"crf": "0"})
+    extractor = Extractor(TINY, "random:0", backend="openvino-int8", calibration=[blank],
+                          progress=False)
+    features, meta = extractor.features(video, **CLIPS)
+    err = capsys.readouterr().err
+    assert "openvino-int8 fails the accuracy gate" in err and "falling back" in err
+    assert meta["backend"] in ("openvino-bf16", "openvino") and meta["precision"] != "int8"
+    assert _cosine(features, reference[0]) >= 0.99
+
+
+def test_gate_thresholds():
+    logits = np.eye(4, 10)
+    features = np.ones((4, 48))
+    assert gate.check((logits, features), (logits, features)).passed
+    tilted = features.copy()
+    tilted[0, :24] = 0  # cosine 0.707 on one clip
+    assert not gate.check((logits, features), (logits, tilted)).passed
+    swapped = logits[[1, 0, 2, 3]]  # top-1 agrees on half the clips
+    result = gate.check((logits, features), (swapped, features))
+    assert not result.passed and result.top1_agreement == 0.5
+
+
+def test_auto_picks_caches_and_is_invalidated(video, monkeypatch, capsys):
+    monkeypatch.setattr(select, "AUTO_CANDIDATES", ("torch", "onnxruntime", "openvino",
+                                                    "openvino-bf16"))
+    measured = []
+    real_measure = select._measure
+    monkeypatch.setattr(select, "_measure",
+                        lambda *args: measured.append(1) or real_measure(*args))
+
+    def run(weights="random:0"):
+        return Extractor(TINY, weights, backend="auto", progress=False).features(
+            video, max_clips=4, **CLIPS)[1]
+
+    meta = run()
+    choice = next(iter(cache.read_choices().values()))
+    assert meta["backend"] == choice["backend"] and len(measured) == 1
+    assert {row["backend"] for row in choice["table"]} == set(select.AUTO_CANDIDATES)
+    assert all(row.get("clips_per_s") or row.get("refused") for row in choice["table"])
+    assert "auto chose" in capsys.readouterr().err
+    run()
+    assert len(measured) == 1  # cached: not measured again
+    run("random:1")
+    assert len(measured) == 2  # other weights: measured again
+    versions = dict(cache.runtime_versions(), openvino="0.0.0")
+    monkeypatch.setattr(cache, "runtime_versions", lambda: versions)
+    run()
+    assert len(measured) == 3  # another OpenVINO: measured again
+    table = CliRunner().invoke(main, ["models", "--backends"])
+    assert table.exit_code == 0 and TINY in table.output and "*" in table.output
+
+
+def test_refusals_are_one_line(video, monkeypatch):
+    with pytest.raises(Ig65mError, match="torch-fp16 runs on CUDA only"):
+        Extractor(TINY, "random:0", backend="torch-fp16", progress=False).features(video, **CLIPS)
+    monkeypatch.setattr("ig65m.backends.openvino.has_bf16", lambda: False)
+    with pytest.raises(Ig65mError, match="needs a CPU with native bf16"):
+        Extractor(TINY, "random:0", backend="openvino-bf16", progress=False).features(video,
+                                                                                      **CLIPS)
+    with pytest.raises(Ig65mError, match="stream models run with"):
+        stream_backend("openvino")
+    assert providers(["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu") == [
+        "CPUExecutionProvider"]
+
+
+def test_extract_with_an_onnx_file_records_it_and_loads_no_weights(tmp_path, video, reference):
+    model = Extractor(TINY, "random:0", backend="torch", progress=False).embedder
+    onnx = export_onnx(model, tmp_path / "tiny.onnx", clip_frames=8, crop_size=32)
+    for backend in ("onnxruntime", "openvino"):
+        out = tmp_path / f"{backend}.npy"
+        # no --weights: the default would download the release (a file:///nonexistent URL here)
+        result = CliRunner().invoke(main, ["extract", str(video), str(out), "--model", TINY,
+                                           "--backend", backend, "--onnx", str(onnx),
+                                           *_options(CLIPS)])
+        assert result.exit_code == 0, result.output
+        meta = json.loads(sidecar_path(out).read_text())
+        assert meta["onnx"] == {"path": str(onnx.resolve()), "sha256": sha256_file(onnx)}
+        assert meta["weights_sha256"] is None and meta["backend"] == backend
+        assert np.abs(np.load(out) - reference[0]).max() <= 1e-4
+
+
+def _options(settings):
+    return [item for key, value in settings.items()
+            for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def test_a_real_family_runs_in_openvino_from_the_command_line(tmp_path, video, one_thread):
+    common = [str(video), "--model", "r2plus1d_18_16_kinetics", "--weights", "random:0",
+              "--max-clips", "2", *_options(CLIPS)]
+    outputs = {}
+    for backend in ("torch", "openvino"):
+        outputs[backend] = tmp_path / f"{backend}.npy"
+        result = CliRunner().invoke(main, ["extract", common[0], str(outputs[backend]),
+                                           *common[1:], "--backend", backend])
+        assert result.exit_code == 0, result.output
+    meta = json.loads(sidecar_path(outputs["openvino"]).read_text())
+    assert (meta["backend"], meta["precision"]) == ("openvino", "fp32")
+    assert np.abs(np.load(outputs["openvino"]) - np.load(outputs["torch"])).max() <= 1e-4
+
+
+def test_hardware_decode_falls_back_to_the_cpu(video):
+    """No GPU here (or an NVDEC-less build): asking for CUDA decoding still decodes, on the CPU."""
+    from ig65m.video import read_frames
+
+    plain = [frame.image for frame in read_frames(video, frame_size=40)]
+    hardware = [frame.image for frame in read_frames(video, frame_size=40, hwaccel="cuda")]
+    assert len(plain) == 64 and all(np.array_equal(a, b) for a, b in zip(plain, hardware))
