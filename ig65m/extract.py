@@ -142,15 +142,12 @@ class Extractor:
     def _clips(self, source, settings, max_clips, duration, format, input_options):
         frames = read_frames(source, frame_size=settings["frame_size"], format=format,
                              options=input_options)
-        if duration is not None:
-            frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-        if settings["fps"]:
-            frames = resample_fps(frames, settings["fps"])
-        if is_flow_model(self.spec.weights):
-            frames = flow_frames(frames)
-        clips = clip_windows(frames, clip_frames=settings["clip_frames"], step=settings["step"],
-                             tail=settings["tail"])
-        return itertools.islice(clips, max_clips) if max_clips else clips
+        return clip_stream(frames, settings, max_clips=max_clips, duration=duration,
+                           flow=is_flow_model(self.spec.weights))
+
+    def run(self, clips):
+        """One batch of clips (n, C, T, H, W) float32 tensor -> (logits (n, K), features (n, D))."""
+        return self._run(clips)
 
     def features(self, source, **options):
         """All features of `source` in memory -> (float32 (N, D), meta as in the sidecar)."""
@@ -210,6 +207,23 @@ class Extractor:
             "pool_temporal": self.embedder.pool_temporal,
             "clips": [[round(start, 6), round(end, 6)] for start, end in times],
         }
+
+
+def clip_stream(frames, settings, *, max_clips=None, duration=None, flow=False):
+    """Frames -> the clips `settings` (see Extractor.settings) cut from them, in order.
+
+    The one place clips are defined: the single-process pipeline runs it on decoded frames, and
+    the split planner of `ig65m.ranges` on frame numbers, so both give exactly the same clips.
+    """
+    if duration is not None:
+        frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
+    if settings["fps"]:
+        frames = resample_fps(frames, settings["fps"])
+    if flow:
+        frames = flow_frames(frames)
+    clips = clip_windows(frames, clip_frames=settings["clip_frames"], step=settings["step"],
+                         tail=settings["tail"])
+    return itertools.islice(clips, max_clips) if max_clips else clips
 
 
 def _batched(clips, transform, batch_size):

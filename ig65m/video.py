@@ -88,18 +88,42 @@ def read_frames(source, *, frame_size=128, format=None, options=None) -> Iterato
             for frame in container.decode(stream):
                 time = frame.time if frame.time is not None else last + _frame_period(stream)
                 origin = time if origin is None else origin
-                size = scaled_size(frame.width, frame.height, frame_size)
-                image = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                                       interpolation="AREA").to_ndarray()
                 count, last = count + 1, time
-                yield Frame(image, time - origin)
+                yield Frame(_image(frame, frame_size), time - origin)
         except (av.FFmpegError, OSError) as err:
             raise Ig65mError(f"cannot decode {source} after {count} frames: {_describe(err)}") \
                 from None
         if count == 0:
             raise Ig65mError(f"{source} has no decodable video frames")
         if not is_live(source, format):
-            _check_complete(source, container, stream, last - (origin or 0.0))
+            check_complete(source, container, stream, last - (origin or 0.0))
+
+
+def _image(frame, frame_size):
+    """A decoded frame as RGB uint8 (H, W, 3), short side `frame_size` (None: native size)."""
+    size = scaled_size(frame.width, frame.height, frame_size)
+    return frame.reformat(width=size[0], height=size[1], format="rgb24",
+                          interpolation="AREA").to_ndarray()
+
+
+def read_frame_range(source, first_pts, last_pts, *, frame_size=128, format=None, options=None):
+    """Decode only frames with presentation timestamps first_pts..last_pts (inclusive), seeking to
+    the keyframe before first_pts -> (pts, RGB uint8 image) in display order, scaled as in
+    `read_frames`, so a long video can be decoded in parts by many workers."""
+    container, stream = open_container(source, format=format, options=options)
+    stream.thread_type = "AUTO"
+    with container:
+        try:
+            container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts < first_pts:
+                    continue
+                if frame.pts > last_pts:
+                    return
+                yield frame.pts, _image(frame, frame_size)
+        except (av.FFmpegError, OSError) as err:
+            raise Ig65mError(f"cannot decode {source} from pts {first_pts}: {_describe(err)}") \
+                from None
 
 
 def _frame_period(stream):
@@ -107,7 +131,7 @@ def _frame_period(stream):
     return float(1 / rate) if rate else 0.0
 
 
-def _check_complete(source, container, stream, last_time):
+def check_complete(source, container, stream, last_time):
     """Raise if the frames stop well before the duration the file states (a cut-off download)."""
     if stream.duration is not None and stream.time_base is not None:
         stated = float(stream.duration * stream.time_base)
