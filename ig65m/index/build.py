@@ -183,10 +183,18 @@ def replace_dir(staged, index_dir):
 
 
 def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
-                target_recall=DEFAULT_TARGET_RECALL, progress=True):
+                target_recall=DEFAULT_TARGET_RECALL, progress=True, sharding=None):
     """Build `index_dir` from feature files/folders `inputs`, or with `append=True` add the files not
-    yet in it. Returns the manifest dict written."""
+    yet in it. Returns the manifest dict written. `sharding` (an `ig65m.index.shards.ShardOptions`)
+    builds from shards in parallel; a sharded index is always appended to in shards."""
     index_dir = Path(index_dir)
+    from ig65m.index import shards  # imports this module: imported here, not at the top
+    if sharding is not None or (append and shards.is_sharded(index_dir)):
+        if append:
+            return shards.append_sharded(inputs, index_dir, sharding or shards.ShardOptions(),
+                                         progress=progress)
+        return shards.build_sharded(inputs, index_dir, sharding, index_key=index_key,
+                                    metric=metric, target_recall=target_recall, progress=progress)
     if append:
         return _append(inputs, index_dir, progress)
     if metric not in METRICS:
