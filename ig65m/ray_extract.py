@@ -21,6 +21,7 @@ from ig65m.extract import Extractor
 from ig65m.fileio import FeatureWriter
 from ig65m.flow import is_flow_model
 from ig65m.jobs import JobManifest, JobProgress, job_settings, select_pending, video_record
+from ig65m.models import get_spec
 from ig65m.ranges import clips_per_part, decode_part, plan_video, split
 from ig65m.video import is_live
 
@@ -108,11 +109,12 @@ def run_ray_job(jobs, output_dir, model_kwargs, run_kwargs, options, *, overwrit
                 progress=True):
     """Run `jobs` [(source, output)] on Ray -> (failed sources, videos attempted)."""
     ray = import_ray()
-    extractor = Extractor(**dict(model_kwargs, device="cpu"), progress=False)
-    if is_flow_model(extractor.spec.weights):
+    if is_flow_model(get_spec(model_kwargs["model"]).weights):
         raise Ig65mError("--ray runs RGB models; extract flow models without --ray")
     if any(is_live(source, run_kwargs.get("format")) for source, _ in jobs):
         raise Ig65mError("--ray runs video files; extract cameras and live inputs without --ray")
+    # the driver's own model copy: the weights sha256 and the sidecar, as single-process writes it
+    extractor = Extractor(**dict(model_kwargs, device="cpu"), progress=False)
     manifest = JobManifest(output_dir, job_settings(extractor, run_kwargs),
                            extractor.weights_sha256)
     try:

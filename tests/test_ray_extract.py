@@ -184,7 +184,7 @@ def test_cluster_job_killed_resumes_and_redoes_changed_settings(cluster, videos,
     assert done and len(done) < len(GOOD), done  # killed mid-run: some done, some not
     stamps = {name: (out / name).stat().st_mtime_ns for name in done}
 
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2, again.stderr[-2000:]
     assert again.stderr.count("skipping") == len(done)
     assert {name: (out / name).stat().st_mtime_ns for name in done} == stamps
@@ -193,7 +193,7 @@ def test_cluster_job_killed_resumes_and_redoes_changed_settings(cluster, videos,
 
     # other settings: every done video is redone (few clips, to keep the test short)
     changed = subprocess.run(extract_on(address, videos, out, "--step", "4", "--max-clips", "2"),
-                             env=env, capture_output=True, text=True, timeout=400)
+                             env=env, capture_output=True, text=True, timeout=600)
     assert changed.returncode == 2, changed.stderr[-2000:]
     assert changed.stderr.count("settings changed: max_clips, step") == len(GOOD)
     records = manifest(out)
@@ -201,3 +201,16 @@ def test_cluster_job_killed_resumes_and_redoes_changed_settings(cluster, videos,
         assert records[name]["settings"]["step"] == 4 and records[name]["state"] == "done"
         assert json.loads((out / name).with_suffix(".json").read_text())["step"] == 4
         assert len(np.load(out / name)) == 2
+
+
+def test_ray_needs_a_collection_and_files(videos, tmp_path):
+    """Refused before Ray starts: one VIDEO FEATURES.npy, --labels, a camera."""
+    single = CliRunner().invoke(main, ["extract", str(videos / "a.mkv"), str(tmp_path / "f.npy"),
+                                       *OPTIONS])
+    assert single.exit_code == 2 and "--output-dir" in single.stderr
+    labels = CliRunner().invoke(main, ["extract", str(videos), "--output-dir", str(tmp_path),
+                                       "--labels", *OPTIONS])
+    assert labels.exit_code == 2 and "--labels" in labels.stderr
+    live = CliRunner().invoke(main, ["extract", "--format", "lavfi", "testsrc", "--output-dir",
+                                     str(tmp_path / "o"), *OPTIONS])
+    assert live.exit_code == 2 and "live" in live.stderr and not ray.is_initialized()
