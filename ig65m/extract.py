@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ig65m.clips import clip_windows, expected_clips, source_frames
+from ig65m.clips import clip_windows, expected_clips, resample_fps
 from ig65m.defaults import BACKENDS, default_backend
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder
@@ -27,7 +27,7 @@ from ig65m.memory import check_fits
 from ig65m.models import DEFAULT_MODEL, get_model, get_spec
 from ig65m.preprocess import resolve as resolve_preprocess
 from ig65m.transforms import transform_for
-from ig65m.video import is_live, probe
+from ig65m.video import is_live, probe, read_frames
 from ig65m.weights import sha256_file
 
 CLIP_OPTIONS = ("frame_size", "clip_frames", "step", "fps", "crop_size", "frame_stride")
@@ -181,14 +181,10 @@ class Extractor:
 
     def _clips(self, source, settings, max_clips, duration, format, input_options):
         # decode on the GPU where PyAV can (NVDEC), falling back to the CPU
-        frames = source_frames(source, settings, duration=duration, format=format,
-                               input_options=input_options,
-                               hwaccel="cuda" if self.device.type == "cuda" else None)
-        if settings.modality == "flow":
-            frames = flow_frames(frames)
-        clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,
-                             tail=settings.tail, frame_stride=settings.frame_stride)
-        return itertools.islice(clips, max_clips) if max_clips is not None else clips
+        frames = read_frames(source, frame_size=settings.frame_size, format=format,
+                             options=input_options,
+                             hwaccel="cuda" if self.device.type == "cuda" else None)
+        return clip_stream(frames, settings, max_clips=max_clips, duration=duration)
 
     def features(self, source, **options):
         """All features of `source` in memory -> (float32 (N, D), meta as in the sidecar)."""
@@ -266,6 +262,24 @@ class Extractor:
             "pool_temporal": self.pooling[1],
             "clips": [[round(start, 6), round(end, 6)] for start, end in times],
         }
+
+
+def clip_stream(frames, settings, *, max_clips=None, duration=None):
+    """Frames -> the clips `settings` (a resolved `ig65m.preprocess.Preprocess`) cut from them, in
+    order.
+
+    The one place clips are defined: the single-process pipeline runs it on decoded frames, and
+    the split planner of `ig65m.ranges` on frame numbers, so both give exactly the same clips.
+    """
+    if duration is not None:
+        frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
+    if settings.fps:
+        frames = resample_fps(frames, settings.fps)
+    if settings.modality == "flow":
+        frames = flow_frames(frames)
+    clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,
+                         tail=settings.tail, frame_stride=settings.frame_stride)
+    return itertools.islice(clips, max_clips) if max_clips is not None else clips
 
 
 def _batched(clips, transform, batch_size, pin=False):

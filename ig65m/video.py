@@ -108,18 +108,43 @@ def read_frames(source, *, frame_size=128, format=None, options=None,
             for frame in container.decode(stream):
                 time = frame.time if frame.time is not None else last + _frame_period(stream)
                 origin = time if origin is None else origin
-                size = scaled_size(frame.width, frame.height, frame_size)
-                image = upright(frame.reformat(width=size[0], height=size[1], format="rgb24",
-                                               interpolation="AREA").to_ndarray(), frame)
                 count, last = count + 1, time
-                yield Frame(image, time - origin)
+                yield Frame(_image(frame, frame_size), time - origin)
         except (av.FFmpegError, OSError) as err:
             raise Ig65mError(f"cannot decode {source} after {count} frames: {_describe(err)}") \
                 from None
         if count == 0:
             raise Ig65mError(f"{source} has no decodable video frames")
         if not is_live(source, format):
-            _check_complete(source, container, stream, last - (origin or 0.0))
+            check_complete(source, container, stream, last - (origin or 0.0))
+
+
+def _image(frame, frame_size):
+    """A decoded frame as RGB uint8 (H, W, 3), short side `frame_size` (None: native size), turned
+    upright as its display matrix says."""
+    size = scaled_size(frame.width, frame.height, frame_size)
+    return upright(frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                  interpolation="AREA").to_ndarray(), frame)
+
+
+def read_frame_range(source, first_pts, last_pts, *, frame_size=128, format=None, options=None):
+    """Decode only frames with presentation timestamps first_pts..last_pts (inclusive), seeking to
+    the keyframe before first_pts -> (pts, RGB uint8 image) in display order, scaled as in
+    `read_frames`, so a long video can be decoded in parts by many workers."""
+    container, stream = open_container(source, format=format, options=options)
+    stream.thread_type = "AUTO"
+    with container:
+        try:
+            container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts < first_pts:
+                    continue
+                if frame.pts > last_pts:
+                    return
+                yield frame.pts, _image(frame, frame_size)
+        except (av.FFmpegError, OSError) as err:
+            raise Ig65mError(f"cannot decode {source} from pts {first_pts}: {_describe(err)}") \
+                from None
 
 
 def upright(image, frame):
@@ -154,7 +179,7 @@ def probe(source, *, format=None, options=None):
         return _stated_duration(container, stream), float(rate) if rate else None
 
 
-def _check_complete(source, container, stream, last_time):
+def check_complete(source, container, stream, last_time):
     """Raise if the frames stop well before the duration the file states (a cut-off download)."""
     stated = _stated_duration(container, stream)
     if stated is None:

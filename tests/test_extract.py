@@ -118,9 +118,17 @@ def test_many_videos_skip_existing_and_report_failures(tmp_path, weights):
     result = run(*args)
     assert result.exit_code == 0 and result.stderr.count("skipping") == 2
     assert (out / "a.npy").stat().st_mtime_ns == stamp
+    # the job manifest: each video's last state, its settings and the weights sha256
+    records = {r["output"]: r for r in map(json.loads, (out / "ig65m-job.jsonl").open())}
+    assert records["broken.npy"]["state"] == "failed" and records["broken.npy"]["error"]
+    assert records["a.npy"]["state"] == "done" and records["a.npy"]["settings"]["max_clips"] is None
+    # another setting (here --max-clips) redoes done videos instead of keeping their old outputs
+    result = run(*args, "--max-clips", "1")
+    assert result.exit_code == 0 and result.stderr.count("settings changed: max_clips") == 2
+    assert np.load(out / "sub" / "b.npy").shape == (1, 512)
     (tmp_path / "list.txt").write_text(f"{videos / 'a.mkv'}\n")
     result = run("--from-list", tmp_path / "list.txt", "--output-dir", out, "--overwrite",
-                 "--weights", weights, "--model", MODEL, *SMALL)
+                 "--weights", weights, "--model", MODEL, *SMALL, "--max-clips", "1")
     assert result.exit_code == 0 and (out / "a.npy").stat().st_mtime_ns != stamp
 
 

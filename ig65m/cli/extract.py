@@ -1,7 +1,6 @@
 """`extract`: videos, folders or a camera -> per-clip features (.npy + .json sidecar)."""
 
 import json
-from pathlib import Path
 
 import click
 
@@ -13,51 +12,10 @@ from ig65m.errors import Ig65mError
 from ig65m.cli.backend import backend_options
 from ig65m.extract import Extractor
 from ig65m.fileio import check_folder_writable, check_writable
+from ig65m.jobs import JobManifest, job_settings, plan_jobs, run_batch, select_pending, video_record
 from ig65m.labels import labels_for
 from ig65m.models import get_spec
-from ig65m.video import VIDEO_SUFFIXES, check_source, is_live
-
-def _expand(paths, from_list):
-    """Sources: files as given, folders searched for videos, plus the lines of --from-list."""
-    sources = []
-    for path in list(paths) + _read_list(from_list):
-        if Path(path).is_dir():
-            found = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-            sources.extend((p, p.relative_to(path)) for p in found)
-        else:
-            sources.append((Path(path), Path(Path(path).name)))
-    return sources
-
-
-def _read_list(from_list):
-    if from_list is None:
-        return []
-    try:
-        lines = Path(from_list).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise Ig65mError(f"cannot read --from-list {from_list}: {err}") from None
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
-def _jobs(paths, output_dir, from_list):
-    """[(source, output .npy)] from the command line's two forms."""
-    if output_dir is None and from_list is None:
-        if len(paths) != 2:
-            raise Ig65mError("give VIDEO FEATURES.npy, or videos/folders with --output-dir")
-        if not paths[1].endswith(".npy"):
-            raise Ig65mError(f"the output must be a .npy file, got {paths[1]}")
-        return [(paths[0], Path(paths[1]))]
-    if output_dir is None:
-        raise Ig65mError("--from-list needs --output-dir")
-    jobs = [(str(src), Path(output_dir) / rel.with_suffix(".npy"))
-            for src, rel in _expand(paths, from_list)]
-    if not jobs:
-        raise Ig65mError("no videos found in the given paths")
-    outputs = [out for _, out in jobs]
-    if len(set(outputs)) != len(outputs):
-        raise Ig65mError("two videos would write the same features file; give folders instead")
-    return jobs
-
+from ig65m.video import check_source, is_live
 
 @command("extract")
 @click.argument("paths", nargs=-1)
@@ -81,8 +39,19 @@ def _jobs(paths, output_dir, from_list):
               help="Also print the top-5 labels per clip and for the whole video: the model's "
                    "published label list, or the names in FILE (one per line).")
 @backend_options
+@click.option("--ray", is_flag=True,
+              help="Run the collection on Ray (pip install 'ig65m[ray]'): a local Ray on this "
+                   "machine, or the cluster of --ray-address. Needs --output-dir.")
+@click.option("--ray-address", default=None, metavar="auto|ray://HOST:10001|HOST:PORT",
+              help="The Ray cluster to join (default: start a local one).")
+@click.option("--ray-workers", type=click.IntRange(1), default=None,
+              help="Model actors [one per GPU of the cluster; without GPUs, half its CPUs].")
+@click.option("--ray-clips-per-task", type=click.IntRange(1), default=None,
+              help="Clips decoded per Ray task: longer videos are split into tasks of this "
+                   "many clips [about 64 MB of preprocessed clips, a multiple of --batch-size].")
 def extract(paths, output_dir, from_list, overwrite, input_format, old_input_format, input_option,
-            labels, backend, onnx, threads, calibration, **options):
+            labels, backend, onnx, threads, calibration, ray, ray_address, ray_workers,
+            ray_clips_per_task, **options):
     """Extract per-clip features: `extract VIDEO FEATURES.npy`, or many videos with --output-dir.
 
     VIDEO is a file, a camera such as /dev/video0, or any ffmpeg input with --input-format (e.g.
@@ -92,32 +61,38 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
         click.echo("warning: extract --format is now --input-format (--format names the output "
                    "format in the other commands); the old spelling still works for now", err=True)
         input_format = input_format or old_input_format
-    jobs = _jobs(paths, output_dir, from_list)
+    jobs = plan_jobs(paths, output_dir, from_list)
     model_kwargs, run_kwargs = split_model_options(options)
     run_kwargs.update(format=input_format, input_options=parse_input_options(input_option))
     if output_dir is None and from_list is None:
         _check_single_output(jobs[0][1], overwrite)
     else:
         check_folder_writable(output_dir)
-    pending = [(src, out) for src, out in jobs if overwrite or not out.exists()]
-    for src, out in jobs:
-        if (src, out) not in pending:
-            click.echo(f"skipping {src}: {out} exists (use --overwrite)", err=True)
-    if not pending:
-        return
-    if len(pending) == 1:  # fail on a bad source before the model loads
-        check_source(pending[0][0], format=input_format)
     if labels is not None:  # a bad label file fails before the model loads
         labels = labels_for(get_spec(model_kwargs["model"]).weights,
                             None if labels == "published" else labels)
-    if not calibration:  # INT8 calibrates on the user's own videos: the files being extracted
-        calibration = [src for src, _ in pending if not is_live(src, input_format)]
-    extractor = Extractor(backend=backend, onnx=onnx, threads=threads,
-                          calibration=calibration or None, **model_kwargs)
-    failed = _run_jobs(extractor, pending, run_kwargs, labels, single=len(jobs) == 1)
+    model_kwargs.update(backend=backend, onnx=onnx)
+    if ray:
+        if output_dir is None or labels is not None:
+            raise Ig65mError("--ray runs collections: give --output-dir (and no --labels)")
+        from ig65m.ray_extract import RayOptions, run_ray_job  # Ray is imported only here
+
+        ray_options = RayOptions(ray_address, ray_workers, ray_clips_per_task)
+        failed, attempted = run_ray_job(jobs, output_dir, model_kwargs, run_kwargs, ray_options,
+                                        overwrite=overwrite, emit=_emit, say=_say)
+    else:
+        if not calibration:  # INT8 calibrates on the user's own videos: the files being extracted
+            calibration = [src for src, _ in jobs if not is_live(src, input_format)]
+        model_kwargs.update(threads=threads, calibration=calibration or None)
+        if output_dir is None:
+            failed, attempted = _extract_one(*jobs[0], model_kwargs, run_kwargs, labels)
+        else:
+            extractor = Extractor(**model_kwargs)
+            failed, attempted = _extract_many(extractor, jobs, output_dir, run_kwargs, labels,
+                                              overwrite)
     if failed:
-        raise Ig65mError(f"{len(failed)} of {len(pending)} videos failed: "
-                         f"{', '.join(str(src) for src in failed)}")
+        raise Ig65mError(f"{len(failed)} of {attempted} videos failed: "
+                         f"{', '.join(str(source) for source in failed)}")
 
 
 def _check_single_output(output, overwrite):
@@ -128,33 +103,34 @@ def _check_single_output(output, overwrite):
     check_writable(output)
 
 
-def _make_folder(folder):
+def _emit(record):
+    click.echo(json.dumps(record))
+
+
+def _say(text):
+    click.echo(text, err=True)
+
+
+def _extract_one(source, output, model_kwargs, run_kwargs, labels):
+    """VIDEO FEATURES.npy (checked by `_check_single_output`): errors stop at once."""
+    check_source(source, format=run_kwargs["format"])  # before the model loads
+    extractor = Extractor(**model_kwargs)
+    tally, clip_tops = (ClipLabels(labels) if labels is not None else None), []
+    on_batch = None if tally is None else (lambda batch: clip_tops.extend(tally.add(batch)))
+    meta = extractor.extract(source, output, **run_kwargs, on_batch=on_batch)
+    _emit(video_record(source, output, meta, tally, clip_tops))
+    return [], 1
+
+
+def _extract_many(extractor, jobs, output_dir, run_kwargs, labels, overwrite):
+    """--output-dir: resume from the job manifest; failures are recorded and the rest go on."""
+    manifest = JobManifest(output_dir, job_settings(extractor, run_kwargs),
+                           extractor.weights_sha256)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise Ig65mError(f"cannot make folder {folder}: {err.strerror}") from None
-
-
-def _run_jobs(extractor, jobs, run_kwargs, labels, single):
-    failed = []
-    for source, output in jobs:
-        tally, clip_tops, on_batch = None, [], None
-        if labels is not None:
-            tally = ClipLabels(labels)
-            on_batch = lambda batch: clip_tops.extend(tally.add(batch))  # noqa: E731
-        try:
-            if not single:
-                _make_folder(output.parent)
-            meta = extractor.extract(source, output, **run_kwargs, on_batch=on_batch)
-        except Ig65mError as err:
-            if single:
-                raise
-            click.echo(f"error: {source}: {err}", err=True)
-            failed.append(source)
-            continue
-        record = {"source": str(source), "output": str(output), "clips": len(meta["clips"]),
-                  "interrupted": meta["interrupted"]}
-        if tally is not None:
-            record.update(top=tally.video_top(), clip_top=[clip["top"] for clip in clip_tops])
-        click.echo(json.dumps(record))
-    return failed
+        pending = select_pending(jobs, manifest, overwrite, _say)
+        progress = run_batch(extractor, pending, manifest, run_kwargs, emit=_emit, say=_say,
+                             labels=labels, progress=extractor.progress)
+    finally:
+        manifest.close()
+    _say(progress.summary(len(jobs) - len(pending)))
+    return progress.failed_sources, len(pending)

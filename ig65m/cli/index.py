@@ -33,7 +33,17 @@ from ig65m.index.server import ServeOptions, serve
               help="Record source videos whose path starts with OLD as starting with NEW "
                    "(repeatable): where the server will find them.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def index_build(paths, index_key, metric, append, target_recall, path_prefixes, quiet):
+@click.option("--shards", type=click.IntRange(1), default=None,
+              help="Build from this many shards in parallel and merge them into on-disk lists: "
+                   "memory follows the shard, not the collection.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Shards built at once (with --shards) [CPU cores].")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Build the shards as Ray tasks (pip install 'ig65m[ray]') instead of processes.")
+@click.option("--ray-address", default=None, metavar="auto|ray://HOST:10001|HOST:PORT",
+              help="The Ray cluster to join with --ray (default: start a local one).")
+def index_build(paths, index_key, metric, append, target_recall, path_prefixes, quiet, shards,
+                workers, use_ray, ray_address):
     """Index the clips of FEATURES (.npy files or folders of them) into INDEX_DIR.
 
     Prints the index manifest as JSON. INDEX_DIR appears only once complete.
@@ -47,9 +57,14 @@ def index_build(paths, index_key, metric, append, target_recall, path_prefixes, 
         prefixes = parse_prefixes(path_prefixes)
     except ValueError as err:
         raise Ig65mError(str(err)) from None
+    sharding = None
+    if shards or use_ray or workers:
+        from ig65m.index.shards import ShardOptions
+
+        sharding = ShardOptions(shards or 8, workers, use_ray, ray_address)
     manifest = build_index(inputs, index_dir, index_key=index_key, metric=metric or "l2",
                            append=append, target_recall=target_recall, progress=not quiet,
-                           path_prefixes=prefixes)
+                           path_prefixes=prefixes, sharding=sharding)
     click.echo(json.dumps(manifest, indent=2))
 
 

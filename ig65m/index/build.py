@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -160,13 +161,22 @@ def recall_at_k(found, truth, query_ids, k):
 
 
 def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
-                target_recall=DEFAULT_TARGET_RECALL, progress=True, path_prefixes=()):
+                target_recall=DEFAULT_TARGET_RECALL, progress=True, path_prefixes=(), sharding=None):
     """Build `index_dir` from feature files/folders `inputs`, or with `append=True` add the files not
     yet in it; source paths are recorded absolute after `path_prefixes` [(OLD, NEW)] rewriting
-    (see ig65m.index.media). Returns the manifest dict written.
+    (see ig65m.index.media). Returns the manifest dict written. `sharding` (an
+    `ig65m.index.shards.ShardOptions`) builds from shards in parallel; a sharded index is always
+    appended to in shards.
 
     Every input is checked first; then the index's write lock is taken (a second build on the same
     index waits), and the new index is swapped in as `swap.replace_dir` describes."""
+    from ig65m.index import shards  # imports this module: imported here, not at the top
+    if sharding is not None or (append and shards.is_sharded(Path(index_dir))):
+        if append:
+            return shards.append_sharded(inputs, Path(index_dir), sharding or shards.ShardOptions(),
+                                         progress=progress)
+        return shards.build_sharded(inputs, Path(index_dir), sharding, index_key=index_key,
+                                    metric=metric, target_recall=target_recall, progress=progress)
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     if index_key is not None and not index_key.strip():

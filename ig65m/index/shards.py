@@ -1,0 +1,261 @@
+"""Index builds from shards: train once on a sample, add shards in parallel, merge on disk.
+
+    feature files ──► shards of about equal rows ──► workers (processes, or Ray tasks): each adds
+    its shard to a copy of the trained IVF index, ids = global clip ids ──► shard_i.faiss
+    ──► Faiss OnDiskInvertedLists.merge_from_multiple ──► index.faiss + index.ivfdata
+
+Each worker holds one shard, and the merge streams memory-mapped lists into the on-disk lists, so
+the memory a build needs follows the shard size, not the collection. The result is an ordinary
+index directory (see build.py) plus `trained.faiss` (the empty trained index, for --append) and
+`index.ivfdata` (the inverted lists, memory-mapped when the index is loaded; `index.faiss` names
+it by its final absolute path). `--append` adds the new files as new shards and merges them with
+the existing lists into a new `index.ivfdata` (a rewrite of the lists file; memory stays bounded).
+"""
+
+import contextlib
+import os
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from ig65m.errors import Ig65mError
+from ig65m.index.build import (CALIBRATION_QUERIES, _accumulate_truth, _manifest, calibrate,
+                               choose_index_key, new_index, prepare, replace_dir, staging_dir,
+                               train)
+from ig65m.index.manifest import INDEX_FILE, MANIFEST_FILE, METADATA_FILE, read_manifest
+from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_file, open_feature_files
+from ig65m.index.store import MetadataStore
+from ig65m.fileio import write_json
+
+TRAINED_FILE = "trained.faiss"
+IVFDATA_FILE = "index.ivfdata"
+TRUTH_K = 11  # 10 neighbours besides the query itself, for calibration
+
+
+@dataclass
+class ShardOptions:
+    """`shards`: how many parts to cut the files into; `workers`: parts built at once (processes,
+    or Ray tasks with `use_ray`, on the cluster at `ray_address` or a local Ray)."""
+
+    shards: int = 8
+    workers: int | None = None
+    use_ray: bool = False
+    ray_address: str | None = None
+
+
+def is_sharded(index_dir):
+    """True for an index directory built by `build_sharded`."""
+    return (Path(index_dir) / TRAINED_FILE).is_file()
+
+
+def shard_groups(files, shards, first_id=0):
+    """Cut `files` (in order) into up to `shards` groups of about equal rows; a file is never cut.
+    -> [[(path, first clip id)]]."""
+    total = sum(item.rows for item in files)
+    groups, current, filled, next_id = [], [], 0, first_id
+    for item in files:
+        current.append((str(item.path), next_id))
+        filled, next_id = filled + item.rows, next_id + item.rows
+        if filled >= total * (len(groups) + 1) / shards and len(groups) < shards - 1:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def add_shard(trained_path, shard_path, group, metric, queries, threads):
+    """Worker: add the files of `group` [(path, first id)] to the trained index, write it to
+    `shard_path`, and return the exact top-TRUTH_K neighbours of `queries` in this shard."""
+    faiss.omp_set_num_threads(threads)
+    index = faiss.read_index(str(trained_path))
+    heap = faiss.ResultHeap(len(queries), TRUTH_K, keep_max=(metric == "cosine"))
+    firsts = {path: first for path, first in group}
+    files = [open_feature_file(path) for path, _ in group]
+    for item, first, chunk in iter_chunks(files):
+        chunk = prepare(chunk, metric)
+        start = firsts[str(item.path)] + first
+        if len(queries):
+            _accumulate_truth((queries, heap), chunk, start, metric)
+        index.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
+    faiss.write_index(index, str(shard_path))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def _run_workers(jobs, options, progress):
+    """Run add_shard over `jobs` (argument tuples) in parallel -> results in order."""
+    workers = max(1, min(options.workers or os.cpu_count() or 1, len(jobs)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs = [(*job, threads) for job in jobs]
+    with tqdm(total=len(jobs), desc="adding shards", unit="shard", file=sys.stderr,
+              disable=not progress) as bar:
+        if options.use_ray:
+            return _run_on_ray(jobs, workers, options.ray_address, bar)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(add_shard, *job) for job in jobs]
+            results = []
+            for future in futures:
+                results.append(future.result())
+                bar.update(1)
+            return results
+
+
+def _run_on_ray(jobs, workers, address, bar):
+    from ig65m.ray_extract import failure_text, import_ray, start_ray
+
+    ray = import_ray()
+    started = start_ray(ray, address)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(add_shard)
+        pending, results = list(enumerate(jobs)), {}
+        running = {}
+        while pending or running:
+            while pending and len(running) < workers:
+                number, job = pending.pop(0)
+                running[task.remote(*job)] = number
+            [done], _ = ray.wait(list(running), num_returns=1)
+            try:
+                results[running.pop(done)] = ray.get(done)
+            except Exception as err:  # noqa: BLE001 - a worker's error ends the build
+                raise Ig65mError(f"a shard failed: {failure_text(err)}") from None
+            bar.update(1)
+        return [results[number] for number in range(len(jobs))]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what C++ code writes to file descriptor 1 to stderr for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def merge_on_disk(trained_path, sources, ivfdata_path):
+    """The trained index holding every list of `sources` (shard files, or loaded indexes) in an
+    OnDiskInvertedLists at `ivfdata_path`, with Faiss's merge_from_multiple (memory-mapped)."""
+    index = faiss.read_index(str(trained_path))
+    ivf = faiss.extract_index_ivf(index)
+    loaded = [faiss.read_index(str(s), faiss.IO_FLAG_MMAP) if isinstance(s, (str, Path)) else s
+              for s in sources]
+    lists = faiss.InvertedListsPtrVector()
+    for source in loaded:
+        lists.push_back(faiss.extract_index_ivf(source).invlists)
+    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
+    with _stdout_to_stderr():  # Faiss prints "resizing ..." on stdout, which carries results
+        total = invlists.merge_from_multiple(lists.data(), lists.size(), False)
+    index.ntotal = ivf.ntotal = total
+    ivf.replace_invlists(invlists, True)
+    invlists.this.disown()
+    del loaded
+    return index
+
+
+def _write_sharded(index, manifest, staged, index_dir):
+    """Write index.faiss naming the lists file by the path it will have once renamed into place."""
+    invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    invlists.filename = str(Path(index_dir).resolve() / IVFDATA_FILE)
+    faiss.write_index(index, str(staged / INDEX_FILE))
+    write_json(staged / MANIFEST_FILE, manifest)
+    for shard in staged.glob("shard_*.faiss"):
+        shard.unlink()
+
+
+def _record_files(store, files, first_id):
+    for item in files:
+        store.add_file(item.path, source=item.source, model=item.model, first_id=first_id,
+                       clip_times=item.clip_times)
+        first_id += item.rows
+    store.commit()
+
+
+def build_sharded(inputs, index_dir, options, *, index_key=None, metric="l2",
+                  target_recall=0.97, progress=True):
+    """Build `index_dir` from feature files/folders `inputs` in `options.shards` shards."""
+    index_dir = Path(index_dir)
+    if index_dir.exists():
+        raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
+    files = open_feature_files(find_feature_files(inputs))
+    count, dim = sum(item.rows for item in files), files[0].dim
+    index_key = index_key or choose_index_key(count, dim)
+    if index_key == "Flat":
+        index_key = f"IVF{max(16, int(round(4 * count ** 0.5)))},Flat"  # shards merge IVF lists
+    index = new_index(index_key, dim, metric)
+    if faiss.try_extract_index_ivf(index) is None:
+        raise Ig65mError(f"a sharded build merges IVF lists: --index-key {index_key} has none "
+                         "(use e.g. IVF1024,Flat)")
+    with staging_dir(index_dir) as tmp:
+        sample_ids, sample = train(index, files, metric, progress)
+        pick = np.random.default_rng(1).choice(len(sample), min(CALIBRATION_QUERIES, len(sample)),
+                                               replace=False)
+        query_ids, queries = sample_ids[pick], np.ascontiguousarray(sample[pick])
+        del sample
+        faiss.write_index(index, str(tmp / TRAINED_FILE))
+        groups = shard_groups(files, options.shards)
+        jobs = [(tmp / TRAINED_FILE, tmp / f"shard_{i}.faiss", group, metric, queries)
+                for i, group in enumerate(groups)]
+        truth = faiss.ResultHeap(len(queries), TRUTH_K, keep_max=(metric == "cosine"))
+        for distances, ids in _run_workers(jobs, options, progress):
+            truth.add_result(distances, ids)
+        truth.finalize()
+        store = MetadataStore(tmp / METADATA_FILE, writable=True)
+        _record_files(store, files, 0)
+        store.close()
+        merged = merge_on_disk(tmp / TRAINED_FILE, [job[1] for job in jobs], tmp / IVFDATA_FILE)
+        name, value, recall = calibrate(merged, queries, query_ids, truth.I, target=target_recall)
+        manifest = _manifest(merged, index_key, metric, files, len(files))
+        manifest.update(search_parameter=name, search_default=value, calibrated_recall=recall,
+                        target_recall=target_recall, shards=len(groups), layout="ondisk")
+        _write_sharded(merged, manifest, tmp, index_dir)
+        replace_dir(tmp, index_dir)
+    return manifest
+
+
+def append_sharded(inputs, index_dir, options, *, progress=True):
+    """Add the feature files of `inputs` not yet in the sharded index `index_dir`, as new shards."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    with staging_dir(index_dir) as tmp:
+        shutil.copy2(index_dir / METADATA_FILE, tmp / METADATA_FILE)
+        shutil.copy2(index_dir / TRAINED_FILE, tmp / TRAINED_FILE)
+        store = MetadataStore(tmp / METADATA_FILE, writable=True)
+        paths = [path for path in find_feature_files(inputs) if not store.has_file(path)]
+        if not paths:
+            store.close()
+            print("nothing to add: every file is already in the index", file=sys.stderr)
+            return manifest
+        files = open_feature_files(paths, dim=manifest["dimension"], model=manifest.get("model"))
+        empty = np.zeros((0, manifest["dimension"]), dtype=np.float32)
+        groups = shard_groups(files, options.shards, first_id=manifest["count"])
+        jobs = [(tmp / TRAINED_FILE, tmp / f"shard_{i}.faiss", group, manifest["metric"], empty)
+                for i, group in enumerate(groups)]
+        _run_workers(jobs, options, progress)
+        _record_files(store, files, manifest["count"])
+        store.close()
+        old = faiss.read_index(str(index_dir / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        merged = merge_on_disk(tmp / TRAINED_FILE, [old] + [job[1] for job in jobs],
+                               tmp / IVFDATA_FILE)
+        del old
+        model = manifest.get("model")
+        manifest.update(_manifest(merged, manifest["index_key"], manifest["metric"], files,
+                                  manifest["files"] + len(files), created=manifest["created"]))
+        manifest.update(model=model or manifest["model"],
+                        shards=manifest.get("shards", 0) + len(groups))
+        _write_sharded(merged, manifest, tmp, index_dir)
+        replace_dir(tmp, index_dir)
+    return manifest
