@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ig65m.errors import Ig65mError
-from ig65m.extract import Extractor
+from ig65m.extract import CLIP_OPTIONS, Extractor
 from ig65m.fileio import FeatureWriter
-from ig65m.extract import CLIP_OPTIONS
 from ig65m.jobs import JobManifest, JobProgress, job_settings, select_pending, video_record
 from ig65m.models import get_spec
 from ig65m.ranges import clips_per_part, decode_part, plan_video, split
