@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ig65m.clips import clip_windows, expected_clips, resample_fps
-from ig65m.defaults import BACKENDS, default_backend
+from ig65m.defaults import BACKENDS, PRECISIONS, default_backend
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder
 from ig65m.errors import Ig65mError
@@ -255,7 +255,8 @@ class Extractor:
             "weights_sha256": self.weights_sha256,
             "feature_dim": self.feature_dim,
             "backend": self.runner.name if self.runner else self.backend,
-            "precision": self.runner.precision if self.runner else None,
+            # a backend named but not run here (a Ray driver) has its precision all the same
+            "precision": PRECISIONS.get(self.runner.name if self.runner else self.backend),
             **({"onnx": self.onnx} if self.onnx else {}),
             **settings.clip_settings(),
             "pool_spatial": self.pooling[0],

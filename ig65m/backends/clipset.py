@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ig65m.video import VIDEO_SUFFIXES
 from ig65m.errors import Ig65mError
 
 CALIBRATION_CLIPS = 300  # NNCF's default subset size: "a few hundred clips"
@@ -15,7 +16,6 @@ GATE_CLIPS = 8
 
 def video_files(paths):
     """Video files among `paths` (files as given, folders searched recursively), sorted."""
-    from ig65m.cli.extract import VIDEO_SUFFIXES  # the one list of video suffixes
 
     found = []
     for path in map(Path, paths):
