@@ -69,8 +69,8 @@ def classify(source, labels_file, top, every, output_format, max_clips, duration
     until Ctrl-C. Frames are resampled to the model's training frame rate unless --fps is given.
     """
     spec = get_spec(options["model"])
-    if top < 1 or (every is not None and every < 1):
-        raise Ig65mError("--top and --every must be positive")
+    if top < 1 or (every is not None and every < 1) or (threads is not None and threads < 1):
+        raise Ig65mError("--top, --every and --threads must be positive")
     input_options = parse_input_options(input_option)
     check_source(source, format=input_format)
     labels = labels_for(spec.weights, labels_file)
