@@ -232,8 +232,7 @@ def _run_worker(sock, options, omp, live, master=None):
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
     _handle_signals(live)
-    if options.reload_interval or master is not None:
-        live.watch()
+    live.watch()
     try:
         server.run()
     except KeyboardInterrupt:
