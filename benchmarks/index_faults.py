@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--burst", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=64)
     args = parser.parse_args()
-    process = subprocess.Popen([sys.executable, "-m", "ig65m.index.server", args.index_dir,
+    process = subprocess.Popen([sys.executable, "-m", "ig65m", "index-serve", args.index_dir,
                                 "--port", "0", "--workers", str(args.workers), "--no-access-log"],
                                stderr=subprocess.PIPE, text=True)
     port = next(int(m.group(1)) for line in process.stderr

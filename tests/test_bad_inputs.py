@@ -344,7 +344,7 @@ CASES = [_param(command, number, args) for command, cases in case_list().items()
 
 @pytest.fixture(scope="module")
 def url(world):
-    process, address = start_server([sys.executable, "-m", "ig65m.index.server",
+    process, address = start_server([sys.executable, "-m", "ig65m", "index-serve",
                                      str(world / "idx"), "--port", "0"])
     yield address
     stop(process)
