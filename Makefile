@@ -77,6 +77,6 @@ lint:
 
 # Exactly the README's first command: a sample video made offline, then extract.
 demo:
-	pip install -e . && python -m ig65m.sample sample.mp4 && ig65m extract sample.mp4 sample.npy --weights random
+	pip install -e . && python -m ig65m.sample sample.mp4 && ig65m extract sample.mp4 sample.npy --weights random:0
 
 .PHONY: install i update u run r gpu g webcam w serve s test lint demo
