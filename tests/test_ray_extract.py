@@ -64,9 +64,10 @@ def reference(videos, tmp_path_factory):
         found = {}
         for name in GOOD:
             source = next(videos.glob(str(Path(name).with_suffix(".*"))))
-            meta = extractor.extract(str(source), out / name.replace("/", "_"), frame_size=32,
-                                     crop_size=32, batch_size=2)
-            found[name] = (np.load(out / name.replace("/", "_")), meta)
+            output = out / name.replace("/", "_")
+            extractor.extract(str(source), output, frame_size=32, crop_size=32, batch_size=2)
+            # the sidecar as written, its features_sha256 (the .npy content) included
+            found[name] = (np.load(output), json.loads(output.with_suffix(".json").read_text()))
     finally:
         torch.set_num_threads(threads)
     return found

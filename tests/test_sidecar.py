@@ -1,5 +1,6 @@
 """The sidecar dataclass: validation, unknown keys kept, and one clear error in every reader."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,13 +17,15 @@ from ig65m.sidecar import Sidecar
 ROWS = 3
 GOOD = {"source": "v.mp4", "model": "m", "clips": [[0, 1], [1, 2], [2, 3.5]],
         "backend": "onnxruntime", "onnx": {"path": "m.onnx", "sha256": "ab"},
-        "features_sha256": "cd", "precision": "int8", "interrupted": False, "step": 8}
+        "calibration": "cd", "precision": "int8", "interrupted": False, "step": 8}
 
 
 def test_unknown_keys_survive_a_write_and_a_read(tmp_path):
     save_features(tmp_path / "f.npy", np.ones((ROWS, 4), np.float32), GOOD)
     _, meta = load_features(tmp_path / "f.npy")
-    assert meta == {**GOOD, "clips": [[0.0, 1.0], [1.0, 2.0], [2.0, 3.5]]}
+    content = hashlib.sha256((tmp_path / "f.npy").read_bytes()).hexdigest()
+    assert meta == {**GOOD, "clips": [[0.0, 1.0], [1.0, 2.0], [2.0, 3.5]],
+                    "features_sha256": content}  # the writer records the content it wrote
     sidecar = Sidecar.read(tmp_path / "f.json", rows=ROWS)
     assert sidecar.model == "m" and sidecar.get("onnx") == GOOD["onnx"] and sidecar.get("step") == 8
     assert sidecar.clip_times(ROWS)[2] == (2.0, 3.5)
