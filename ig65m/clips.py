@@ -55,6 +55,12 @@ def source_frames(source, settings, *, duration=None, format=None, input_options
     resolved `ig65m.preprocess.Preprocess`)."""
     frames = read_frames(source, frame_size=settings.frame_size, format=format,
                          options=input_options, hwaccel=hwaccel)
+    return timed_frames(frames, settings, duration=duration)
+
+
+def timed_frames(frames, settings, *, duration=None):
+    """`frames` cut at `duration` seconds and resampled to `settings.fps` when set: the one place
+    both the decoded frames of a source and the Ray planner's frame numbers are timed."""
     if duration is not None:
         frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
     return resample_fps(frames, settings.fps) if settings.fps else frames

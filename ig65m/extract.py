@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ig65m.clips import clip_windows, expected_clips, resample_fps
+from ig65m.clips import clip_windows, expected_clips, timed_frames
 from ig65m.defaults import BACKENDS, PRECISIONS, default_backend
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder
@@ -272,10 +272,7 @@ def clip_stream(frames, settings, *, max_clips=None, duration=None):
     The one place clips are defined: the single-process pipeline runs it on decoded frames, and
     the split planner of `ig65m.ranges` on frame numbers, so both give exactly the same clips.
     """
-    if duration is not None:
-        frames = itertools.takewhile(lambda frame: frame.time < duration, frames)
-    if settings.fps:
-        frames = resample_fps(frames, settings.fps)
+    frames = timed_frames(frames, settings, duration=duration)
     if settings.modality == "flow":
         frames = flow_frames(frames)
     clips = clip_windows(frames, clip_frames=settings.clip_frames, step=settings.step,
