@@ -5,9 +5,9 @@ model actors, Ray's start-up seconds, and a paper estimate of a 1M-video run.
     python benchmarks/ray_extract.py --videos 8 --crop 112 --rounds 5
 
 Every side runs the same job (an --output-dir of videos, --overwrite) in this process, model load
-included, in alternating rounds (benchmarks/common.py). Ray is started once (`ray.init(num_cpus=
-cores)`, timed) and reused by every Ray round, as a job on a running cluster would be. Random
-weights: speed does not depend on them.
+included, in alternating rounds after one untimed warm-up job each (benchmarks/common.py). Ray is
+started once (`ray.init(num_cpus=cores)`, timed) and reused by every Ray round, as a job on a
+running cluster would be. Random weights: speed does not depend on them.
 
 The 1M-video estimate uses the measured decode + preprocess CPU seconds per clip (one decode task,
 timed alone) and a GPU model rate you give (--gpu-clips-per-s; no GPU here to measure it).
@@ -97,7 +97,9 @@ def main_():
                 "ray, 2 workers": timed(job(videos, Path(tmp) / "c", args.crop,
                                             ["--ray", "--ray-workers", "2"])),
             }
-            rounds = alternate(runners, rounds=args.rounds)
+            # warm-up: the first job pays once for what later jobs find cached (the auto
+            # backend's measure, Ray's worker processes)
+            rounds = alternate(runners, rounds=args.rounds, warmup=True)
         finally:
             ray.shutdown()
         decode = decode_seconds_per_clip(videos, args.crop)

@@ -144,10 +144,20 @@ def test_a_kill_between_the_swap_renames_loses_no_index(index):
 
 def test_concurrent_appends_wait_for_each_other_and_lose_nothing(index):
     index_dir, inputs = index
+    codes = [APPEND.format(feature=str(inputs / f"{name}.npy"), index=str(index_dir))
+             for name in ("b", "c")]
+    returncodes, errors = runs_behind_the_lock(index_dir, codes)
+    assert returncodes == [0, 0], errors
+    assert all("waiting for another index-build" in text for text in errors)
+    assert read_manifest(index_dir)["count"] == 60 and hidden(index_dir.parent) == []
+
+
+def runs_behind_the_lock(index_dir, codes):
+    """Start each of `codes` (Python) while this process holds the lock of `index_dir`, let go once
+    all of them wait for it, so they race for it -> (their exit codes, their stderr texts)."""
     runs = []
-    with locked(index_dir):  # both start while the index is busy, then race for the lock
-        for name in ("b", "c"):
-            code = APPEND.format(feature=str(inputs / f"{name}.npy"), index=str(index_dir))
+    with locked(index_dir):
+        for code in codes:
             runs.append(subprocess.Popen(
                 [sys.executable, "-c", textwrap.dedent(code)], stderr=subprocess.PIPE, text=True,
                 env=dict(os.environ, PYTHONPATH=str(ROOT))))
@@ -155,9 +165,7 @@ def test_concurrent_appends_wait_for_each_other_and_lose_nothing(index):
         while time.monotonic() < deadline and not all(_waiting(run) for run in runs):
             time.sleep(0.1)
     errors = [getattr(run, "said", "") + run.communicate(timeout=120)[1] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], errors
-    assert all("waiting for another index-build" in text for text in errors)
-    assert read_manifest(index_dir)["count"] == 60 and hidden(index_dir.parent) == []
+    return [run.returncode for run in runs], errors
 
 
 def _waiting(run):

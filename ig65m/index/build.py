@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -118,7 +117,7 @@ def add_files(index, store, files, metric, progress, truth=None):
         for item, first, chunk in iter_chunks(files):
             if first == 0:
                 store.add_file(item.path, source=item.source, model=item.model,
-                               first_id=index.ntotal, clip_times=item.clip_times)
+                               first_id=index.ntotal, clip_times=item.clip_times())
             chunk = prepare(chunk, metric)
             if truth is not None:
                 _accumulate_truth(truth, chunk, index.ntotal, metric)
@@ -169,14 +168,31 @@ def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
     appended to in shards.
 
     Every input is checked first; then the index's write lock is taken (a second build on the same
-    index waits), and the new index is swapped in as `swap.replace_dir` describes."""
+    index waits), and the new index is swapped in as `swap.replace_dir` describes. One-shot and
+    sharded builds share all of this; only the building itself differs."""
     from ig65m.index import shards  # imports this module: imported here, not at the top
-    if sharding is not None or (append and shards.is_sharded(Path(index_dir))):
-        if append:
-            return shards.append_sharded(inputs, Path(index_dir), sharding or shards.ShardOptions(),
+    index_dir, files, index_key = _open_inputs(inputs, index_dir, index_key, metric, append,
+                                               sharding)
+    locate_sources(files, path_prefixes)
+    check_inputs(files, progress)
+    with locked(index_dir):
+        recover(index_dir, holding_lock=True)
+        if append and shards.is_sharded(index_dir):
+            return shards.append_sharded(files, index_dir, sharding or shards.ShardOptions(),
                                          progress=progress)
-        return shards.build_sharded(inputs, Path(index_dir), sharding, index_key=index_key,
-                                    metric=metric, target_recall=target_recall, progress=progress)
+        if append:
+            return _append(files, index_dir, progress)
+        _check_new(index_dir)  # another build may have made it while this one waited
+        if sharding is not None:
+            return shards.build_sharded(files, index_dir, sharding, index_key, metric,
+                                        target_recall, progress)
+        return _build(files, index_dir, index_key, metric, target_recall, progress)
+
+
+def _open_inputs(inputs, index_dir, index_key, metric, append, sharding):
+    """Check the options and open the inputs before any reading of rows or locking
+    -> (resolved index_dir, [FeatureFile], index key (None on --append))."""
+    from ig65m.index import shards
     if metric not in METRICS:
         raise Ig65mError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     if index_key is not None and not index_key.strip():
@@ -185,23 +201,24 @@ def build_index(inputs, index_dir, *, index_key=None, metric="l2", append=False,
     check_folder_takes_files(index_dir.parent, index_dir)  # fails before any reading
     if append:
         manifest = read_manifest(index_dir)  # dimension and model never change on --append
-        files = open_feature_files(find_feature_files(inputs), dim=manifest["dimension"],
-                                   model=manifest.get("model"))
-    else:
-        recover(index_dir)
-        _check_new(index_dir)
-        files = open_feature_files(find_feature_files(inputs))
-        count, dim = sum(item.rows for item in files), files[0].dim
-        index_key = index_key or choose_index_key(count, dim)
-        new_index(index_key, dim, metric)  # a bad --index-key fails before any work
-    locate_sources(files, path_prefixes)
-    check_inputs(files, progress)
-    with locked(index_dir):
-        recover(index_dir, holding_lock=True)
-        if append:
-            return _append(files, index_dir, progress)
-        _check_new(index_dir)  # another build may have made it while this one waited
-        return _build(files, index_dir, index_key, metric, target_recall, progress)
+        if sharding is not None and not shards.is_sharded(index_dir):
+            raise Ig65mError(f"{index_dir} was built in one piece: --append adds to it in one "
+                             "piece (leave out --shards, --workers and --ray)")
+        return index_dir, open_feature_files(find_feature_files(inputs),
+                                             dim=manifest["dimension"],
+                                             model=manifest.get("model")), None
+    recover(index_dir)
+    _check_new(index_dir)
+    files = open_feature_files(find_feature_files(inputs))
+    count, dim = sum(item.rows for item in files), files[0].dim
+    index_key = index_key or choose_index_key(count, dim)
+    if sharding is not None:
+        index_key = shards.ivf_key(index_key, count)
+    index = new_index(index_key, dim, metric)  # a bad --index-key fails before any work
+    if sharding is not None and faiss.try_extract_index_ivf(index) is None:
+        raise Ig65mError(f"a sharded build merges IVF lists: --index-key {index_key} has none "
+                         "(use e.g. IVF1024,Flat)")
+    return index_dir, files, index_key
 
 
 def locate_sources(files, prefixes):
@@ -244,28 +261,43 @@ def _append(files, index_dir, progress):
     with staging_dir(index_dir) as tmp:
         shutil.copy2(index_dir / METADATA_FILE, tmp / METADATA_FILE)
         store = MetadataStore(tmp / METADATA_FILE, writable=True)
-        new = []
-        for item in files:
-            if store.has_file(item.path):
-                log.info("skipping %s: already in the index", item.path)
-            else:
-                new.append(item)
+        new = new_files(store, files)
         if not new:
             store.close()
             return manifest
         index = faiss.read_index(str(index_dir / INDEX_FILE))
         add_files(index, store, new, manifest["metric"], progress)
         store.close()
-        model, roots = manifest.get("model"), manifest.get("media_roots", [])
-        extraction = manifest.get("extraction")
-        manifest.update(_manifest(index, manifest["index_key"], manifest["metric"], new,
-                                  manifest["files"] + len(new), created=manifest["created"]))
-        manifest["model"] = model or manifest["model"]
-        manifest["media_roots"] = sorted(set(roots) | set(manifest["media_roots"]))
-        manifest["extraction"] = extraction or manifest["extraction"]
+        manifest = appended_manifest(manifest, index, new)
         _write(index, manifest, tmp)
         replace_dir(tmp, index_dir)
     return manifest
+
+
+def new_files(store, files):
+    """The files of `files` that `store` does not hold yet: an append skips the others."""
+    new = []
+    for item in files:
+        if store.has_file(item.path):
+            log.info("skipping %s: already in the index", item.path)
+        else:
+            new.append(item)
+    if not new:
+        print("nothing to add: every file is already in the index", file=sys.stderr)
+    return new
+
+
+def appended_manifest(manifest, index, new):
+    """`manifest` once `new` files are in `index`: counts and dates renewed; the model, the media
+    roots and the extraction settings of the files before kept."""
+    updated = dict(manifest)
+    updated.update(_manifest(index, manifest["index_key"], manifest["metric"], new,
+                             manifest["files"] + len(new), created=manifest["created"]))
+    updated["model"] = manifest.get("model") or updated["model"]
+    updated["media_roots"] = sorted(set(manifest.get("media_roots", []))
+                                    | set(updated["media_roots"]))
+    updated["extraction"] = manifest.get("extraction") or updated["extraction"]
+    return updated
 
 
 def _manifest(index, index_key, metric, files, file_count, created=None):

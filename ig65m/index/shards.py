@@ -26,17 +26,18 @@ import numpy as np
 from tqdm import tqdm
 
 from ig65m.errors import Ig65mError
-from ig65m.index.build import (CALIBRATION_QUERIES, _accumulate_truth, _manifest, calibrate,
-                               choose_index_key, new_index, prepare, replace_dir, staging_dir,
-                               train)
+from ig65m.index.build import (CALIBRATION_QUERIES, _accumulate_truth, _manifest,
+                               appended_manifest, calibrate, new_files, new_index, prepare,
+                               replace_dir, staging_dir, train)
 from ig65m.index.manifest import INDEX_FILE, MANIFEST_FILE, METADATA_FILE, read_manifest
-from ig65m.index.sources import find_feature_files, iter_chunks, open_feature_file, open_feature_files
+from ig65m.index.sources import iter_chunks, open_feature_file
 from ig65m.index.store import MetadataStore
 from ig65m.fileio import write_json
 
 TRAINED_FILE = "trained.faiss"
 IVFDATA_FILE = "index.ivfdata"
 TRUTH_K = 11  # 10 neighbours besides the query itself, for calibration
+SHARD_CHUNK_ROWS = 8192  # rows a worker reads at a time (16 MiB of 512-d floats): its memory is the shard's
 
 
 @dataclass
@@ -73,21 +74,67 @@ def shard_groups(files, shards, first_id=0):
 
 def add_shard(trained_path, shard_path, group, metric, queries, threads):
     """Worker: add the files of `group` [(path, first id)] to the trained index, write it to
-    `shard_path`, and return the exact top-TRUTH_K neighbours of `queries` in this shard."""
+    `shard_path`, and return the exact top-TRUTH_K neighbours of `queries` in this shard.
+
+    Two passes over the shard, SHARD_CHUNK_ROWS rows at a time: the first assigns every row to its
+    list (and gathers the neighbours), so that each list is allocated once at its final size; the
+    second encodes the rows into them. Adding in one pass grows every list by doubling, moving it
+    each time: at 1M x 512 in 8 shards, 2 workers peaked at 0.90-1.00 GiB of anonymous memory that
+    way, 0.74-0.77 GiB this way (three runs each, benchmarks/shards.py's data)."""
     faiss.omp_set_num_threads(threads)
     index = faiss.read_index(str(trained_path))
+    ivf, chain = _ivf_parts(index)
     heap = faiss.ResultHeap(len(queries), TRUTH_K, keep_max=(metric == "cosine"))
-    firsts = {path: first for path, first in group}
-    files = [open_feature_file(path) for path, _ in group]
-    for item, first, chunk in iter_chunks(files):
-        chunk = prepare(chunk, metric)
-        start = firsts[str(item.path)] + first
+    chunks = _shard_chunks(group, metric, chain)
+    assigned = []
+    for start, original, chunk in chunks():
         if len(queries):
-            _accumulate_truth((queries, heap), chunk, start, metric)
-        index.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
+            _accumulate_truth((queries, heap), original, start, metric)
+        assigned.append(ivf.quantizer.assign(chunk, 1).ravel().astype(np.int64))
+    assigned = np.concatenate(assigned)
+    _reserve(ivf, np.bincount(assigned, minlength=ivf.nlist))
+    done = 0
+    for start, _, chunk in chunks():
+        ids = np.arange(start, start + len(chunk), dtype=np.int64)
+        lists = assigned[done:done + len(chunk)]
+        ivf.add_core(len(chunk), faiss.swig_ptr(chunk), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+        done += len(chunk)
+    index.ntotal = ivf.ntotal
     faiss.write_index(index, str(shard_path))
     heap.finalize()
     return heap.D, heap.I
+
+
+def _ivf_parts(index):
+    """-> (the IVF index of `index`, as its own class, [the transforms applied before it])."""
+    top = faiss.downcast_index(index)
+    chain = ([top.chain.at(i) for i in range(top.chain.size())]
+             if isinstance(top, faiss.IndexPreTransform) else [])
+    return faiss.downcast_index(faiss.extract_index_ivf(index)), chain
+
+
+def _shard_chunks(group, metric, chain):
+    """-> a function yielding (first clip id, prepared rows, rows as the IVF takes them) over the
+    files of `group` [(path, first id)], SHARD_CHUNK_ROWS at a time; callable more than once."""
+    firsts = {path: first for path, first in group}
+    files = [open_feature_file(path) for path, _ in group]
+
+    def chunks():
+        for item, first, chunk in iter_chunks(files, SHARD_CHUNK_ROWS):
+            chunk = prepare(chunk, metric)
+            transformed = chunk
+            for transform in chain:
+                transformed = np.ascontiguousarray(transform.apply(transformed))
+            yield firsts[str(item.path)] + first, chunk, transformed
+    return chunks
+
+
+def _reserve(ivf, counts):
+    """Allocate each list of `ivf` (empty, in memory) for its final `counts` entries at once."""
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    for list_no in np.flatnonzero(counts):
+        invlists.resize(int(list_no), int(counts[list_no]))  # allocates exactly this many...
+        invlists.resize(int(list_no), 0)  # ...and keeps the room when emptied (std::vector)
 
 
 def _run_workers(jobs, options, progress):
@@ -176,29 +223,26 @@ def _write_sharded(index, manifest, staged, index_dir):
         shard.unlink()
 
 
+def ivf_key(index_key, count):
+    """The factory string of a sharded build: shards merge IVF lists, so where a one-shot build
+    would search exactly (`Flat`), a sharded one takes about 4*sqrt(count) lists."""
+    if index_key == "Flat":
+        return f"IVF{max(16, int(round(4 * count ** 0.5)))},Flat"
+    return index_key
+
+
 def _record_files(store, files, first_id):
     for item in files:
         store.add_file(item.path, source=item.source, model=item.model, first_id=first_id,
-                       clip_times=item.clip_times)
+                       clip_times=item.clip_times())
         first_id += item.rows
     store.commit()
 
 
-def build_sharded(inputs, index_dir, options, *, index_key=None, metric="l2",
-                  target_recall=0.97, progress=True):
-    """Build `index_dir` from feature files/folders `inputs` in `options.shards` shards."""
-    index_dir = Path(index_dir)
-    if index_dir.exists():
-        raise Ig65mError(f"{index_dir} already exists: use --append to add to it, or remove it")
-    files = open_feature_files(find_feature_files(inputs))
-    count, dim = sum(item.rows for item in files), files[0].dim
-    index_key = index_key or choose_index_key(count, dim)
-    if index_key == "Flat":
-        index_key = f"IVF{max(16, int(round(4 * count ** 0.5)))},Flat"  # shards merge IVF lists
-    index = new_index(index_key, dim, metric)
-    if faiss.try_extract_index_ivf(index) is None:
-        raise Ig65mError(f"a sharded build merges IVF lists: --index-key {index_key} has none "
-                         "(use e.g. IVF1024,Flat)")
+def build_sharded(files, index_dir, options, index_key, metric, target_recall, progress):
+    """Build `index_dir` from the checked `files` in `options.shards` shards (build.build_index
+    checks the inputs and holds the index's lock)."""
+    index = new_index(index_key, files[0].dim, metric)
     with staging_dir(index_dir) as tmp:
         sample_ids, sample = train(index, files, metric, progress)
         pick = np.random.default_rng(1).choice(len(sample), min(CALIBRATION_QUERIES, len(sample)),
@@ -226,20 +270,18 @@ def build_sharded(inputs, index_dir, options, *, index_key=None, metric="l2",
     return manifest
 
 
-def append_sharded(inputs, index_dir, options, *, progress=True):
-    """Add the feature files of `inputs` not yet in the sharded index `index_dir`, as new shards."""
-    index_dir = Path(index_dir)
+def append_sharded(files, index_dir, options, *, progress=True):
+    """Add the checked `files` not yet in the sharded index `index_dir`, as new shards (the caller
+    holds the index's lock)."""
     manifest = read_manifest(index_dir)
     with staging_dir(index_dir) as tmp:
         shutil.copy2(index_dir / METADATA_FILE, tmp / METADATA_FILE)
         shutil.copy2(index_dir / TRAINED_FILE, tmp / TRAINED_FILE)
         store = MetadataStore(tmp / METADATA_FILE, writable=True)
-        paths = [path for path in find_feature_files(inputs) if not store.has_file(path)]
-        if not paths:
+        files = new_files(store, files)
+        if not files:
             store.close()
-            print("nothing to add: every file is already in the index", file=sys.stderr)
             return manifest
-        files = open_feature_files(paths, dim=manifest["dimension"], model=manifest.get("model"))
         empty = np.zeros((0, manifest["dimension"]), dtype=np.float32)
         groups = shard_groups(files, options.shards, first_id=manifest["count"])
         jobs = [(tmp / TRAINED_FILE, tmp / f"shard_{i}.faiss", group, manifest["metric"], empty)
@@ -247,15 +289,13 @@ def append_sharded(inputs, index_dir, options, *, progress=True):
         _run_workers(jobs, options, progress)
         _record_files(store, files, manifest["count"])
         store.close()
-        old = faiss.read_index(str(index_dir / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        with _stdout_to_stderr():  # Faiss says "updating ondisk filename" on stdout
+            old = faiss.read_index(str(index_dir / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
         merged = merge_on_disk(tmp / TRAINED_FILE, [old] + [job[1] for job in jobs],
                                tmp / IVFDATA_FILE)
         del old
-        model = manifest.get("model")
-        manifest.update(_manifest(merged, manifest["index_key"], manifest["metric"], files,
-                                  manifest["files"] + len(files), created=manifest["created"]))
-        manifest.update(model=model or manifest["model"],
-                        shards=manifest.get("shards", 0) + len(groups))
+        manifest = appended_manifest(manifest, merged, files)
+        manifest["shards"] = manifest.get("shards", 0) + len(groups)
         _write_sharded(merged, manifest, tmp, index_dir)
         replace_dir(tmp, index_dir)
     return manifest

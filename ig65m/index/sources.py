@@ -21,20 +21,25 @@ EXTRACTION_KEYS = ("model", "weights_sha256", "feature_dim", "clip_frames", "ste
 
 @dataclass
 class FeatureFile:
-    """One input file: `rows` clips of `dim` features; `clip_times` [(start, end)] per row, `source`
-    video path and `model` from the sidecar (None without one)."""
+    """One input file: `rows` clips of `dim` features; `source` video path and `model` from the
+    sidecar (None without one)."""
 
     path: Path
     rows: int
     dim: int
     source: str | None
     model: str | None
-    clip_times: list
     extraction: dict | None = None
 
     def features(self):
         """The (rows, dim) array, memory-mapped (its pair was verified when it was opened)."""
         return load_features(self.path, verify=False)[0]
+
+    def clip_times(self):
+        """[(start, end)] per row, read from the sidecar when asked: a build records one file at a
+        time, so the times of a whole collection (about 100 bytes a clip) are never held at once."""
+        meta = load_features(self.path, verify=False)[1]
+        return _sidecar(meta, self.path, self.rows).clip_times(self.rows)
 
 
 def find_feature_files(inputs):
@@ -64,11 +69,15 @@ def open_feature_file(path):
     rows, dim = features.shape
     if rows == 0 or dim == 0:
         raise Ig65mError(f"features file {path} is empty (shape {features.shape})")
-    sidecar = Sidecar.from_dict(meta or {}, name=f"sidecar of {path}", rows=rows)
+    sidecar = _sidecar(meta, path, rows)
     return FeatureFile(path=Path(path), rows=rows, dim=dim, source=sidecar.source,
-                       model=sidecar.model, clip_times=sidecar.clip_times(rows),
+                       model=sidecar.model,
                        extraction={key: meta[key] for key in EXTRACTION_KEYS
                                    if key in (meta or {})} or None)
+
+
+def _sidecar(meta, path, rows):
+    return Sidecar.from_dict(meta or {}, name=f"sidecar of {path}", rows=rows)
 
 
 def open_feature_files(paths, *, dim=None, model=None):
