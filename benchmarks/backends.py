@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
-from common import alternate, load_average, median_spread, ratios, report, timed
+from common import alternate, load_average, median_spread, ratios, real_video, report, timed
 
 from ig65m.transforms import transform_for
 from ig65m.backends import clipset, gate
@@ -37,24 +36,11 @@ from ig65m.backends.select import choose
 from ig65m.defaults import PRECISIONS
 from ig65m.extract import Extractor
 from ig65m.models import get_spec
-from ig65m.sample import write_sample_video, write_video
 
-SHARED_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/v_ZNVhz7ctTq0.mp4"
 MODELS = ["r2plus1d_34_8_ig65m", "i3d_r50_32_kinetics", "i3d_inception_rgb_kinetics",
           "movinet_a0_stream"]
-BACKENDS = ["torch", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8"]
-
-
-def video_480p(folder):
-    """The real clip scaled to 854x480 (H.264), or the sample pattern at 854x480."""
-    path = Path(folder) / "video480p.mp4"
-    if not SHARED_VIDEO.is_file():
-        return write_sample_video(path, seconds=14, width=854, height=480) and path
-    with av.open(str(SHARED_VIDEO)) as container:
-        frames = [frame.to_ndarray(width=854, height=480, format="rgb24")
-                  for frame in container.decode(video=0)]
-    write_video(path, frames, fps=30)
-    return path
+BACKENDS = ["torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
+            "openvino-int8"]
 
 
 def prepared(extractor, video, count):
@@ -195,7 +181,7 @@ def main(argv=None):
         args.backends.insert(0, "torch")
     with tempfile.TemporaryDirectory() as folder:
         os.environ["IG65M_HOME"] = folder  # a fresh cache: conversions and auto measured here
-        video = args.video or video_480p(folder)
+        video = args.video or real_video(folder)
         print(f"video {video}; {os.cpu_count()} cores; load {load_average():.1f} at start")
         for name in args.models:
             if get_spec(name).weights.stream:

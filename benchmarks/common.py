@@ -16,6 +16,10 @@ function into one.
 import os
 import statistics
 import time
+from pathlib import Path
+
+# the shared real clip (ActivityNet, 480x360, 14 s at 30 fps), when this checkout sits beside it
+SHARED_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/v_ZNVhz7ctTq0.mp4"
 
 
 def load_average():
@@ -91,3 +95,20 @@ def report(rounds, baseline, unit="/s"):
     lines.append(f"{len(rounds)} alternating rounds; load average {min(loads):.1f}-{max(loads):.1f} "
                  f"on {os.cpu_count()} cores")
     return "\n".join(lines)
+
+
+def real_video(folder, width=854, height=480):
+    """A video of `width` x `height` (H.264, yuv420p) in `folder`: the shared real clip scaled to
+    that size, or the sample pattern where ../shared is absent -> its path."""
+    import av
+
+    from ig65m.sample import write_sample_video, write_video
+
+    path = Path(folder) / f"video{height}p.mp4"
+    if not SHARED_VIDEO.is_file():
+        return write_sample_video(path, seconds=14, width=width, height=height) and path
+    with av.open(str(SHARED_VIDEO)) as container:
+        frames = (frame.to_ndarray(width=width, height=height, format="rgb24")
+                  for frame in container.decode(video=0))
+        write_video(path, frames, fps=30)
+    return path

@@ -7,8 +7,8 @@ DEFAULT_MODEL = "r2plus1d_34_8_ig65m"
 POOLINGS = ("mean", "max")
 # every backend and the precision of the numbers it computes in (see ig65m.backends)
 PRECISIONS = {"torch": "fp32", "torch-bf16": "bf16", "torch-fp16": "fp16", "torch-compile": "fp32",
-              "onnxruntime": "fp32", "openvino": "fp32", "openvino-bf16": "bf16",
-              "openvino-int8": "int8"}
+              "onnxruntime": "fp32", "onnxruntime-int8": "int8", "openvino": "fp32",
+              "openvino-bf16": "bf16", "openvino-int8": "int8"}
 BACKENDS = ("auto", *PRECISIONS)
 BACKEND_VARIABLE = "IG65M_BACKEND"
 

@@ -93,7 +93,7 @@ def test_fp32_backends_equal_torch(backend, video, reference):
 
 
 @pytest.mark.parametrize("backend", [pytest.param("openvino-bf16", marks=needs_bf16),
-                                     "openvino-int8", "torch-bf16"])
+                                     "openvino-int8", "onnxruntime-int8", "torch-bf16"])
 def test_reduced_precision_backends_keep_cosine(backend, video, reference, capsys):
     extractor = Extractor(TINY, "random:0", backend=backend, progress=False)
     features, meta = extractor.features(video, **CLIPS)
@@ -103,8 +103,10 @@ def test_reduced_precision_backends_keep_cosine(backend, video, reference, capsy
     assert not np.array_equal(features, reference[0])  # really computed another way
 
 
-def test_gate_refuses_int8_calibrated_on_blank_frames_and_falls_back(tmp_path, video, reference,
-                                                                     capsys):
+@pytest.mark.parametrize("backend, fallbacks", [("openvino-int8", ("openvino-bf16", "openvino")),
+                                                ("onnxruntime-int8", ("onnxruntime",))])
+def test_gate_refuses_int8_calibrated_on_blank_frames_and_falls_back(backend, fallbacks, tmp_path,
+                                                                     video, reference, capsys):
     """Blank frames of the normalisation mean's grey are all zeros to the model: the input range
     INT8 learns from them is empty, and every real clip is clipped to it. (Black frames are not
     broken enough: symmetric ranges from -mean/std cover most real inputs.)"""
@@ -112,13 +114,27 @@ def test_gate_refuses_int8_calibrated_on_blank_frames_and_falls_back(tmp_path, v
     blank.mkdir()
     grey = np.full((48, 64, 3), (128, 128, 128), np.uint8)  # the tiny model's mean is 0.5
     write_video(blank / "grey.mkv", [grey] * 64, fps=30, codec="libx264rgb", options={"crf": "0"})
-    extractor = Extractor(TINY, "random:0", backend="openvino-int8", calibration=[blank],
-                          progress=False)
+    extractor = Extractor(TINY, "random:0", backend=backend, calibration=[blank], progress=False)
     features, meta = extractor.features(video, **CLIPS)
     err = capsys.readouterr().err
-    assert "openvino-int8 fails the accuracy gate" in err and "falling back" in err
-    assert meta["backend"] in ("openvino-bf16", "openvino") and meta["precision"] != "int8"
+    assert f"{backend} fails the accuracy gate" in err and "falling back" in err
+    assert meta["backend"] in fallbacks and meta["precision"] != "int8"
     assert _cosine(features, reference[0]) >= 0.99
+
+
+@pytest.mark.parametrize("backend", ["openvino-int8", "onnxruntime-int8"])
+def test_int8_model_is_quantized_once_and_cached(backend, video, monkeypatch, capsys):
+    """The quantized model is keyed by model, weights, clip shape, runtime versions and the
+    calibration set: a second run loads it; other weights quantize again."""
+    def run(weights):
+        Extractor(TINY, weights, backend=backend, progress=False).features(video, max_clips=4,
+                                                                           **CLIPS)
+        return capsys.readouterr().err.count("quantizing")
+
+    run("random:7")  # quantized here, or by an earlier test: either way cached now
+    files = sorted(cache.backends_dir().glob("*int8*"))
+    assert run("random:7") == 0 and sorted(cache.backends_dir().glob("*int8*")) == files
+    assert run("random:8") == 1
 
 
 def test_gate_thresholds():
@@ -128,6 +144,9 @@ def test_gate_thresholds():
     tilted = features.copy()
     tilted[0, :24] = 0  # cosine 0.707 on one clip
     assert not gate.check((logits, features), (logits, tilted)).passed
+    tiny = features * 1e-4  # a network whose features all but vanish, as random I3D Inception's
+    assert not gate.check((logits, tiny), (logits, np.zeros_like(tiny))).passed  # INT8 lost them
+    assert gate.check((logits, np.zeros_like(tiny)), (logits, np.zeros_like(tiny))).passed
     swapped = logits[[1, 0, 2, 3]]  # top-1 agrees on half the clips
     result = gate.check((logits, features), (swapped, features))
     assert not result.passed and result.top1_agreement == 0.5

@@ -9,9 +9,10 @@ from ig65m.video import is_live, read_frames, scaled_size
 from tests.videos import ODD_RATE, audio_only, empty_video, lossless_video
 
 
-def test_frames_are_exact_and_rgb(tmp_path):
+@pytest.mark.parametrize("threads", [None, 1, 2, 0])  # the default, one, two, FFmpeg's choice
+def test_frames_are_exact_and_rgb(tmp_path, threads):
     images = lossless_video(tmp_path / "v.mkv", frames=12)
-    frames = list(read_frames(tmp_path / "v.mkv", frame_size=None))
+    frames = list(read_frames(tmp_path / "v.mkv", frame_size=None, threads=threads))
     assert len(frames) == 12
     for frame, image in zip(frames, images):
         assert frame.image.dtype == np.uint8 and frame.image.shape == (48, 64, 3)

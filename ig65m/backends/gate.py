@@ -31,13 +31,15 @@ class GateResult:
 
 
 def cosines(reference, features):
-    """Row-wise cosine similarity of two (N, D) arrays (1.0 where both rows are zero)."""
+    """Row-wise cosine similarity of two (N, D) arrays: 1.0 where both rows are zero, 0.0 where
+    only one is (a backend that lost every feature must not pass)."""
     reference = np.asarray(reference, dtype=np.float64)
     features = np.asarray(features, dtype=np.float64)
     dot = (reference * features).sum(axis=1)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(features, axis=1)
-    both_zero = norms == 0
-    return np.where(both_zero, 1.0, dot / np.where(both_zero, 1.0, norms))
+    ref_norm, norm = np.linalg.norm(reference, axis=1), np.linalg.norm(features, axis=1)
+    norms = ref_norm * norm
+    cosine = dot / np.where(norms == 0, 1.0, norms)
+    return np.where(norms == 0, np.where((ref_norm == 0) & (norm == 0), 1.0, 0.0), cosine)
 
 
 def check(reference, candidate):

@@ -2,8 +2,9 @@
 
 Every backend computes the `ClipEmbedder` of ig65m.embedder: torch runs it directly; ONNX Runtime
 and OpenVINO run its ONNX export, cached per model, weights, pooling, clip shape and runtime
-versions (ig65m.backends.cache); OpenVINO INT8 runs that export quantized by NNCF on calibration
-clips. A backend that cannot run here or cannot run the model raises `Ig65mError` with one line.
+versions (ig65m.backends.cache); the INT8 backends run that export quantized on calibration
+clips, by NNCF for OpenVINO and by static quantization for ONNX Runtime. A backend that cannot run
+here or cannot run the model raises `Ig65mError` with one line.
 """
 
 import sys
@@ -120,23 +121,40 @@ def _onnxruntime(target):
 
 
 def _openvino(target, precision):
-    from ig65m.backends.openvino import OpenVinoRunner, quantize_int8
+    from ig65m.backends import openvino
 
-    if precision != "int8":
-        return OpenVinoRunner(onnx_file(target), precision=precision, threads=target.threads)
+    if precision == "int8":
+        return _int8(target, "openvino-int8", ".int8.xml", openvino.quantize_int8,
+                     lambda path: openvino.OpenVinoRunner(path, precision="int8",
+                                                          threads=target.threads))
+    return openvino.OpenVinoRunner(onnx_file(target), precision=precision, threads=target.threads)
+
+
+def _onnxruntime_int8(target):
+    from ig65m.backends.ort_int8 import quantize_int8
+    from ig65m.convert.onnx import OnnxBackend
+
+    return _int8(target, "onnxruntime-int8", ".ort-int8.onnx", quantize_int8,
+                 lambda path: OnnxBackend(path, threads=target.threads, device=target.device))
+
+
+def _int8(target, name, suffix, quantize, load):
+    """An INT8 backend: the export quantized by `quantize(onnx, clips, path)` on the target's
+    calibration clips (once; cached by model, weights, shape, versions and calibration set), or
+    the already gated model of auto's cached choice; `load(path)` runs it."""
     if target.int8_model:
         path = Path(target.int8_model)
     else:
         clips = target.calibration()
         if clips is None:
-            raise Ig65mError("openvino-int8 needs calibration clips from real videos: extract "
-                             "from video files, or give --calibration FOLDER")
-        path = target.file(".int8.xml", clips.digest)
+            raise Ig65mError(f"{name} needs calibration clips from real videos: extract "
+                             f"from video files, or give --calibration FOLDER")
+        path = target.file(suffix, clips.digest)
         if not path.is_file():
-            say(f"quantizing {target.model} to INT8 on up to {len(clips)} clips of "
+            say(f"quantizing {target.model} to INT8 for {name} on up to {len(clips)} clips of "
                 f"{len(clips.videos)} videos (once; cached)")
-            quantize_int8(onnx_file(target), clips, path)
-    runner = OpenVinoRunner(path, precision="int8", threads=target.threads)
+            quantize(onnx_file(target), clips, path)
+    runner = load(path)
     runner.file = str(path) if target.key() else None
     return runner
 
@@ -147,6 +165,7 @@ BUILDERS = {
     "torch-fp16": lambda target: _torch(target, torch.float16),
     "torch-compile": lambda target: _torch(target, compiled=True),
     "onnxruntime": _onnxruntime,
+    "onnxruntime-int8": _onnxruntime_int8,
     "openvino": lambda target: _openvino(target, "fp32"),
     "openvino-bf16": lambda target: _openvino(target, "bf16"),
     "openvino-int8": lambda target: _openvino(target, "int8"),

@@ -24,10 +24,10 @@ AUTO_SECONDS = 2.0  # timing per backend and round
 AUTO_ROUNDS = 2
 # where a refused reduced-precision backend falls back to
 FALLBACK = {"openvino-int8": "openvino-bf16", "openvino-bf16": "openvino", "torch-bf16": "torch",
-            "torch-fp16": "torch"}
+            "torch-fp16": "torch", "onnxruntime-int8": "onnxruntime"}
 # auto's candidates: torch.compile is left out (minutes of compiling, and no win measured here)
-AUTO_CANDIDATES = ("torch", "torch-fp16", "torch-bf16", "onnxruntime", "openvino",
-                   "openvino-bf16", "openvino-int8")
+AUTO_CANDIDATES = ("torch", "torch-fp16", "torch-bf16", "onnxruntime", "onnxruntime-int8",
+                   "openvino", "openvino-bf16", "openvino-int8")
 
 
 def choose(requested, target, gate_clips, batch_size):
