@@ -38,6 +38,9 @@ FORMS = {  # name: (path, content type, body maker)
     "raw+full": ("/search?k=10", "application/octet-stream", lambda q: q.tobytes()),
     "json+full": ("/search", "application/json",
                   lambda q: json.dumps({"vectors": [q.tolist()], "k": K}).encode()),
+    # the search page's query: the k nearest clips grouped into videos and moments
+    "json+group": ("/search", "application/json",
+                   lambda q: json.dumps({"vectors": [q.tolist()], "k": K, "group_by": "video"}).encode()),
 }
 
 
