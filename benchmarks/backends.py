@@ -30,7 +30,7 @@ import torch
 from common import alternate, load_average, median_spread, ratios, real_video, report, timed
 
 from ig65m.transforms import transform_for
-from ig65m.backends import clipset, gate
+from ig65m.backends import cache, clipset, gate
 from ig65m.backends.runners import Target, build
 from ig65m.backends.select import choose
 from ig65m.defaults import PRECISIONS
@@ -182,7 +182,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         os.environ["IG65M_HOME"] = folder  # a fresh cache: conversions and auto measured here
         video = args.video or real_video(folder)
-        print(f"video {video}; {os.cpu_count()} cores; load {load_average():.1f} at start")
+        print(f"video {video}; {os.cpu_count()} cores of {cache.cpu_name()}; "
+              f"load {load_average():.1f} at start")
         for name in args.models:
             if get_spec(name).weights.stream:
                 stream_model(name, args, video)

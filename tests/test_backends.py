@@ -182,6 +182,19 @@ def test_auto_picks_caches_and_is_invalidated(video, monkeypatch, capsys):
     assert table.exit_code == 0 and TINY in table.output and "*" in table.output
 
 
+def test_auto_key_tells_cpus_with_the_same_name_but_other_kernels_apart(tmp_path):
+    """A cloud VM's "Intel(R) Xeon(R) Processor" may or may not have AMX: INT8 speed differs
+    several times, so auto measures again."""
+    def info(flags):
+        path = tmp_path / f"cpuinfo-{len(flags)}"
+        path.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu {flags}\n")
+        return cache.cpu_name(path)
+
+    plain, amx = info("avx2 avx512f avx512_vnni"), info("avx2 avx512f avx512_vnni amx_int8")
+    assert plain == "Intel(R) Xeon(R) Processor [avx2 avx512_vnni avx512f]" and amx != plain
+    assert cache.cpu_name(tmp_path / "missing")  # no /proc: the platform's name
+
+
 def test_refusals_are_one_line(video, monkeypatch):
     with pytest.raises(Ig65mError, match="torch-fp16 runs on CUDA only"):
         Extractor(TINY, "random:0", backend="torch-fp16", progress=False).features(video, **CLIPS)

@@ -31,16 +31,29 @@ def runtime_versions():
     return versions
 
 
-def cpu_name():
-    """The processor model, part of a measured choice's key (another CPU measures again)."""
+# CPU flags that decide which kernels the runtimes pick (AMX and AVX-512 INT8/bf16 make INT8 and
+# bf16 several times faster): part of a measured choice's key, since a cloud VM's model name is
+# often a generic "Intel(R) Xeon(R) Processor" on hosts with and without them
+KERNEL_FLAGS = {"amx_int8", "amx_bf16", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512f",
+                "avx_vnni", "avx2"}
+
+
+def cpu_name(cpuinfo="/proc/cpuinfo"):
+    """The processor model and its kernel-deciding flags, part of a measured choice's key
+    (another CPU, or the same name with other instructions, measures again)."""
+    name, flags = None, []
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
+        with open(cpuinfo, encoding="utf-8") as info:
             for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                field, _, value = line.partition(":")
+                if field.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif field.strip() == "flags" and not flags:
+                    flags = sorted(f for f in value.split() if f in KERNEL_FLAGS)
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    return f"{name} [{' '.join(flags)}]" if flags else name
 
 
 def model_key(model, weights_sha256, pooling, clip_shape, extra=()):
