@@ -328,18 +328,8 @@ def models_cases():
 
 # Bad inputs whose handling another branch of issue 13 owns (item 3, weights files: an empty
 # file given as weights still raises IndexError); they run, and may fail, until it lands.
-OWNED_ELSEWHERE = {("convert", "{w}/empty.mp4"): "weights files (issue 13 item 3)"}
-
-
-def _param(command, number, args):
-    reason = next((why for (owner, arg), why in OWNED_ELSEWHERE.items()
-                   if owner == command and arg in args), None)
-    marks = [pytest.mark.xfail(reason=f"owned elsewhere: {reason}", strict=False)] if reason else []
-    return pytest.param(command, number, args, marks=marks, id=f"{command}-{number}")
-
-
-CASES = [_param(command, number, args) for command, cases in case_list().items()
-         for number, args in enumerate(cases)]
+CASES = [pytest.param(command, number, args, id=f"{command}-{number}")
+         for command, cases in case_list().items() for number, args in enumerate(cases)]
 
 
 @pytest.fixture(scope="module")
