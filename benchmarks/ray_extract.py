@@ -1,5 +1,6 @@
 """Ray extraction benchmark: clips/s of single-process extract vs `extract --ray` with 1 and 2
-model actors, Ray's start-up seconds, and a paper estimate of a 1M-video run.
+model actors, the seconds a Ray job takes beyond the single-process one (its fixed cost per job),
+Ray's start-up seconds, and a paper estimate of a 1M-video run.
 
     python benchmarks/ray_extract.py                     # 4 videos x 8 clips, 64-px crops
     python benchmarks/ray_extract.py --videos 8 --crop 112 --rounds 5
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from common import alternate, load_average, report, timed
+from common import alternate, load_average, median_spread, report, timed
 from ig65m.cli import main
 from ig65m.sample import write_sample_video
 
@@ -36,6 +37,9 @@ def make_videos(folder, count, seconds):
                            height=240, fps=30, options={"preset": "ultrafast", "g": "30"})
 
 
+JOB_CLIPS = []  # clips of one job, as the first job counted them
+
+
 def job(videos, out, crop, extra):
     args = ["extract", str(videos), "--output-dir", str(out), "--overwrite", "--weights",
             "random:0", "--model", MODEL, "--frame-size", str(crop), "--crop-size", str(crop),
@@ -45,8 +49,22 @@ def job(videos, out, crop, extra):
         result = CliRunner().invoke(main, args)
         if result.exit_code != 0:
             sys.exit(f"job failed: {result.output[-2000:]}")
-        return sum(json.loads(line)["clips"] for line in result.stdout.splitlines())
+        clips = sum(json.loads(line)["clips"] for line in result.stdout.splitlines())
+        JOB_CLIPS.append(clips)
+        return clips
     return run
+
+
+def extra_seconds(rounds, baseline, clips):
+    """Per side: the median per-round seconds a job of `clips` takes beyond `baseline`'s."""
+    lines = []
+    for name in list(rounds[0]["rates"]):
+        if name != baseline:
+            extra, low, high = median_spread(clips / r["rates"][name] - clips / r["rates"][baseline]
+                                             for r in rounds)
+            lines.append(f"{name}: {extra:+.2f} s a job of {clips} clips beyond {baseline} "
+                         f"(per-round min {low:+.2f}, max {high:+.2f})")
+    return "\n".join(lines)
 
 
 def decode_seconds_per_clip(videos, crop):
@@ -106,6 +124,7 @@ def main_():
     print(f"R(2+1)D-34 8-frame clips, {args.crop}-px crops, {args.videos} videos x "
           f"{args.seconds:.2f} s (320x240, 30 fps), whole job incl. model load, clips/s:")
     print(report(rounds, baseline="single-process", unit="clips/s"))
+    print(extra_seconds(rounds, "single-process", clips=JOB_CLIPS[0]))
     print(f"ray.init(num_cpus={cores}) start-up: {startup:.1f} s (load average {load:.1f})")
     print(f"decode + preprocess: {decode * 1000:.1f} CPU ms per clip at {args.crop} px")
     estimate(decode, args)

@@ -124,11 +124,12 @@ class Extractor:
         self.runner = self._runners[clip_shape]
         return self.runner
 
-    def run(self, clips, source=None):
+    def run(self, clips, source=None, settings=None):
         """One prepared batch (N, C, T, H, W) through the backend -> float32 (logits, features).
-        The backend is chosen on first use of the shape; `source` (a video file) gives its gate
-        clips, else --calibration does."""
-        settings = self.settings(clip_frames=clips.shape[2], crop_size=clips.shape[3])
+        The backend is chosen on first use of the shape, as `batches` chooses it: `source` (a video
+        file) gives its gate clips, else --calibration does, cut with `settings` (Extractor.settings;
+        None: the model's own at the clips' shape)."""
+        settings = settings or self.settings(clip_frames=clips.shape[2], crop_size=clips.shape[3])
         runner = self._runner_for(tuple(clips.shape[1:]), source, settings, None, len(clips))
         return runner(clips)
 
@@ -245,8 +246,10 @@ class Extractor:
                                tail=settings.tail, frame_stride=settings.frame_stride)
         return min(count, options.get("max_clips") or count)
 
-    def metadata(self, source, times, options):
-        """The sidecar of a features file (see ig65m.fileio)."""
+    def metadata(self, source, times, options, backend=None):
+        """The sidecar of a features file (see ig65m.fileio); `backend`: the one that ran, where
+        another process ran it (a Ray model actor), else this extractor's."""
+        backend = backend or (self.runner.name if self.runner else self.backend)
         settings = self.settings(**{key: options.get(key) for key in CLIP_OPTIONS},
                                  tail=options.get("tail") or "pad")
         return {
@@ -254,9 +257,8 @@ class Extractor:
             "model": self.spec.name,
             "weights_sha256": self.weights_sha256,
             "feature_dim": self.feature_dim,
-            "backend": self.runner.name if self.runner else self.backend,
-            # a backend named but not run here (a Ray driver) has its precision all the same
-            "precision": PRECISIONS.get(self.runner.name if self.runner else self.backend),
+            "backend": backend,
+            "precision": PRECISIONS.get(backend),
             **({"onnx": self.onnx} if self.onnx else {}),
             **settings.clip_settings(),
             "pool_spatial": self.pooling[0],

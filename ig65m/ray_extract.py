@@ -68,20 +68,18 @@ def worker_layout(resources, workers):
 class _Embedder:
     """A model actor: one Extractor, batches of preprocessed clips -> features."""
 
-    def __init__(self, model_kwargs, threads):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
+    def __init__(self, model_kwargs):
         self.extractor = Extractor(**model_kwargs, progress=False)
 
-    def embed(self, clips, batch_size):
+    def embed(self, clips, batch_size, source, settings):
+        """-> (features, the backend that ran them). The backend is chosen as single-process
+        extract chooses it: on the first batch, gated on clips of `source` cut with `settings`."""
         import torch
 
         tensor = torch.from_numpy(np.array(clips))  # a writable copy of the object-store array
-        rows = [self.extractor.run(tensor[i:i + batch_size])[1]
+        rows = [self.extractor.run(tensor[i:i + batch_size], source, settings)[1]
                 for i in range(0, len(tensor), batch_size)]
-        return np.concatenate(rows).astype(np.float32, copy=False)
+        return np.concatenate(rows).astype(np.float32, copy=False), self.extractor.runner.name
 
 
 def _plan(source, settings, run_kwargs):
@@ -141,6 +139,7 @@ class _Video:
     def __init__(self, source, output, plan, parts):
         self.source, self.output, self.plan, self.parts = source, output, plan, parts
         self.arrived, self.next_part, self.writer, self.failed = {}, 0, None, False
+        self.backend = None  # the backend that ran its clips, for the sidecar
 
 
 class _RayJob:
@@ -160,8 +159,10 @@ class _RayJob:
         actor = ray.remote(_Embedder).options(
             num_gpus=gpus, num_cpus=1 if gpus else 0, scheduling_strategy="SPREAD",
             max_restarts=2, max_task_retries=2)
-        self.actors = [actor.remote(model_kwargs, None if gpus else threads)
-                       for _ in range(workers)]
+        # the driver's backend name ($IG65M_BACKEND is read here, not on the nodes) and threads
+        actor_kwargs = dict(model_kwargs, backend=extractor.backend,
+                            threads=model_kwargs.get("threads") or (None if gpus else threads))
+        self.actors = [actor.remote(actor_kwargs) for _ in range(workers)]
         self.plan_task = ray.remote(num_cpus=1, max_retries=0)(_plan)
         self.decode_task = ray.remote(num_cpus=1, max_retries=0)(_decode)
 
@@ -184,7 +185,8 @@ class _RayJob:
                 clips = self.decode_task.remote(video.source, video.parts[number],
                                                 self.extractor.spec.name, self.settings,
                                                 self.run_kwargs)
-                running[actor.embed.remote(clips, self.batch_size)] = (video, number, actor)
+                running[actor.embed.remote(clips, self.batch_size, video.source,
+                                           self.settings)] = (video, number, actor)
                 load[actor] += 1
             if not planning and not running:
                 continue
@@ -212,7 +214,7 @@ class _RayJob:
         if video.failed:
             return
         try:
-            video.arrived[number] = self.ray.get(ref)
+            video.arrived[number], video.backend = self.ray.get(ref)
             self._write_ready(video)
         except Exception as err:  # noqa: BLE001 - every failure is recorded, the job goes on
             video.failed = True
@@ -231,7 +233,8 @@ class _RayJob:
             video.next_part += 1
         if video.next_part == len(video.parts):
             times = [[start, end] for _, start, end in video.plan.clips]
-            meta = self.extractor.metadata(video.source, times, dict(self.run_kwargs))
+            meta = self.extractor.metadata(video.source, times, dict(self.run_kwargs),
+                                           backend=video.backend)
             meta["interrupted"] = False
             video.writer.commit(meta)
             self.manifest.mark(video.source, video.output, "done", clips=len(times))

@@ -71,7 +71,10 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
     if labels is not None:  # a bad label file fails before the model loads
         labels = labels_for(get_spec(model_kwargs["model"]).weights,
                             None if labels == "published" else labels)
-    model_kwargs.update(backend=backend, onnx=onnx)
+    if not calibration:  # INT8 calibrates on the user's own videos: the files being extracted
+        calibration = [src for src, _ in jobs if not is_live(src, input_format)]
+    model_kwargs.update(backend=backend, onnx=onnx, threads=threads,
+                        calibration=calibration or None)
     if ray:
         if output_dir is None or labels is not None:
             raise Ig65mError("--ray runs collections: give --output-dir (and no --labels)")
@@ -81,9 +84,6 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
         failed, attempted = run_ray_job(jobs, output_dir, model_kwargs, run_kwargs, ray_options,
                                         overwrite=overwrite, emit=_emit, say=_say)
     else:
-        if not calibration:  # INT8 calibrates on the user's own videos: the files being extracted
-            calibration = [src for src, _ in jobs if not is_live(src, input_format)]
-        model_kwargs.update(threads=threads, calibration=calibration or None)
         if output_dir is None:
             failed, attempted = _extract_one(*jobs[0], model_kwargs, run_kwargs, labels)
         else:
