@@ -189,6 +189,27 @@ def test_cli_prints_manifest_and_reports_errors(tmp_path):
     assert "skipping" in result.stderr and json.loads(result.stdout)["metric"] == "cosine"
 
 
+def test_uneven_lists_are_warned_about_and_even_ones_are_not(tmp_path):
+    """2,000 copies of one clip (a still scene) all fall in one IVF list: a search probing it scans
+    most of the collection, and index-build says so in one line; clustered clips do not."""
+    even = tmp_path / "even"
+    even.mkdir()
+    write(even, "spread", clustered(3000, 8, 3, clusters=40))
+    result = CliRunner().invoke(main, ["index-build", str(even), str(even / "idx"),
+                                       "--index-key", "IVF64,Flat", "--quiet"])
+    assert result.exit_code == 0 and "uneven" not in result.stderr, result.stderr
+    uneven = tmp_path / "uneven"
+    uneven.mkdir()
+    still = np.repeat(clustered(1, 8, 4), 2000, axis=0)
+    write(uneven, "still", np.concatenate([still, clustered(1000, 8, 5, clusters=40)]))
+    result = CliRunner().invoke(main, ["index-build", str(uneven), str(uneven / "idx"),
+                                       "--index-key", "IVF64,Flat", "--quiet"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "uneven" in line]
+    assert len(warning) == 1 and "holds 2,0" in warning[0] and "of 3,000 clips" in warning[0]
+    assert json.loads(result.stdout)["count"] == 3000
+
+
 def test_choice_of_index_follows_size_and_memory():
     assert choose_index_key(1, 512) == "Flat"
     assert choose_index_key(10_000, 512) == "Flat"

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FLAT_MAX = 50_000        # below this many clips exact search answers in a few ms: no training
 CALIBRATION_QUERIES = 256
+UNEVEN_LISTS = 10.0  # IVF imbalance factor (1 when every list holds as many) worth a warning
 DEFAULT_TARGET_RECALL = 0.97  # on collection samples, so that held-out queries stay above 0.95
 
 
@@ -310,7 +311,23 @@ def _manifest(index, index_key, metric, files, file_count, created=None):
             "created": created or now, "updated": now, "faiss_version": faiss.__version__}
 
 
+def warn_uneven(index):
+    """One warning line when the IVF lists are very uneven: a search that probes the largest scans
+    many times the average list, so its time depends on where the query falls."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or ivf.ntotal == 0:
+        return
+    factor = ivf.invlists.imbalance_factor()
+    if factor > UNEVEN_LISTS:
+        largest = max(ivf.invlists.list_size(number) for number in range(ivf.nlist))
+        print(f"warning: the index's {ivf.nlist} lists are uneven (imbalance {factor:.1f}, the "
+              f"largest holds {largest:,} of {ivf.ntotal:,} clips): searches that probe it are "
+              f"slow; near-duplicate clips or a few very different videos do this",
+              file=sys.stderr)
+
+
 def _write(index, manifest, folder):
+    warn_uneven(index)
     try:
         faiss.write_index(index, str(folder / INDEX_FILE))
     except RuntimeError as err:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ig65m.errors import Ig65mError
 from ig65m.index.build import (CALIBRATION_QUERIES, _accumulate_truth, _manifest,
                                appended_manifest, calibrate, new_files, new_index, prepare,
-                               replace_dir, staging_dir, train)
+                               replace_dir, staging_dir, train, warn_uneven)
 from ig65m.index.manifest import INDEX_FILE, MANIFEST_FILE, METADATA_FILE, read_manifest
 from ig65m.index.sources import iter_chunks, open_feature_file
 from ig65m.index.store import MetadataStore
@@ -215,6 +215,7 @@ def merge_on_disk(trained_path, sources, ivfdata_path):
 
 def _write_sharded(index, manifest, staged, index_dir):
     """Write index.faiss naming the lists file by the path it will have once renamed into place."""
+    warn_uneven(index)
     invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     invlists.filename = str(Path(index_dir).resolve() / IVFDATA_FILE)
     faiss.write_index(index, str(staged / INDEX_FILE))
