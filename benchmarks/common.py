@@ -27,6 +27,20 @@ def load_average():
     return os.getloadavg()[0]
 
 
+def process_tree(pid):
+    """The process `pid` and its children (a server's master and its workers), as psutil sees
+    them."""
+    import psutil  # only the server benchmarks need it
+
+    master = psutil.Process(pid)
+    return [master, *master.children()]
+
+
+def tree_cpu_seconds(pid):
+    """User + system CPU seconds used so far by `pid` and its children."""
+    return sum(sum(p.cpu_times()[:2]) for p in process_tree(pid))
+
+
 def timed(work, amount=1):
     """A runner that calls `work()` once and returns `amount / seconds` (work may return the
     amount itself, e.g. how many clips it processed)."""

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import psutil
-from common import alternate, load_average, median_spread, report
+from common import (alternate, load_average, median_spread, process_tree, report,
+                    tree_cpu_seconds)
 from index_data import RealTiles, exact_neighbours
 
 from ig65m.index.search import Searcher, search_parameters
@@ -126,8 +126,7 @@ def faiss_run(searcher, queries, threads, seconds=1e9, count=10**9):
 
 
 def pss_mb(process):
-    procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children()
-    return [round(p.memory_full_info().pss / 2**20, 1) for p in procs]
+    return [round(p.memory_full_info().pss / 2**20, 1) for p in process_tree(process.pid)]
 
 
 def latency_block(servers, searcher, queries, samples, rounds):
@@ -167,9 +166,9 @@ def throughput_block(servers, searcher, queries, clients, seconds, rounds, form)
 
     def http_runner(name, server):
         def run():
-            before = _cpu(server["process"])
+            before = tree_cpu_seconds(server["process"].pid)
             rate, errors, _, client_cores = http_run(server["port"], form, queries, clients, seconds)
-            server_cores = (_cpu(server["process"]) - before) / seconds
+            server_cores = (tree_cpu_seconds(server["process"].pid) - before) / seconds
             cores.setdefault(name, []).append((client_cores, server_cores, errors))
             return rate
         return run
@@ -182,11 +181,6 @@ def throughput_block(servers, searcher, queries, clients, seconds, rounds, form)
     for name, seen in cores.items():
         print(f"{name:<24} clients used {np.median([c for c, _, _ in seen]):.2f} cores, server "
               f"{np.median([s for _, s, _ in seen]):.2f} cores, errors {sum(e for _, _, e in seen)}")
-
-
-def _cpu(process):
-    procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children()
-    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def prepare(args, work):

@@ -21,7 +21,7 @@ import time
 import faiss
 import numpy as np
 import orjson
-import psutil
+from common import load_average, tree_cpu_seconds
 
 from ig65m.index.protocol import parse_json, parse_raw
 from ig65m.index.server import create_app
@@ -81,23 +81,17 @@ def server_cpu_per_request(index_dir, queries, repeat, checkout_env=None):
         connection = http.client.HTTPConnection("127.0.0.1", port)
         results = {}
         for path in ("/search?k=10&format=compact", "/search?k=10"):
-            before = _cpu(process.pid)
+            before = tree_cpu_seconds(process.pid)
             for number in range(repeat):
                 connection.request("POST", path, queries[number % len(queries)].tobytes(),
                                    {"Content-Type": "application/octet-stream"})
                 connection.getresponse().read()
             results[f"server CPU per HTTP request ({path})"] = (
-                (_cpu(process.pid) - before) / repeat * 1e6)
+                (tree_cpu_seconds(process.pid) - before) / repeat * 1e6)
         return results
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def _cpu(pid):
-    """CPU seconds of the server: its master and its workers."""
-    master = psutil.Process(pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [master, *master.children()])
 
 
 def main():
@@ -111,7 +105,7 @@ def main():
     stages.update(server_cpu_per_request(args.index_dir, queries, args.repeat))
     for name, micros in stages.items():
         print(f"{name:<55} {micros:8.1f} us")
-    print(f"load average {psutil.getloadavg()[0]:.1f}")
+    print(f"load average {load_average():.1f}")
 
 
 if __name__ == "__main__":
