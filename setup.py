@@ -21,7 +21,7 @@ setup(
         "openvino",  # the openvino* backends, the default `auto`'s fastest on CPUs
         "nncf",  # INT8 post-training quantization for openvino-int8
         "flask",
-        "waitress",
+        "waitress>=3.0,<4",  # the server hands connections to its channels (index/server.py _adopt)
         "orjson",  # the search server's answers (5-10x faster JSON than the standard library)
         "requests",
         "click",

@@ -4,9 +4,19 @@ import os
 import time
 
 
+def write_access_line(client, method, target, status, length, milliseconds, fd=2):
+    """One access-log line: client, request line, status, body bytes, milliseconds, pid. Written
+    with one `write` call, so lines of several threads or workers never interleave."""
+    line = (f'{client} "{method} {target!s:.300}" {status} {length} {milliseconds:.2f}ms '
+            f'pid={os.getpid()}\n')
+    try:
+        os.write(fd, line.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # a closed stderr must not fail the request
+
+
 class AccessLog:
-    """One line per request on stderr: client, request line, status, body bytes, milliseconds.
-    Written with one `write` call, so lines of several threads or workers never interleave."""
+    """One line per request on stderr (`write_access_line`), for the requests of the WSGI app."""
 
     def __init__(self, app, fd=2):
         self.app = app
@@ -24,13 +34,9 @@ class AccessLog:
         body = self.app(environ, start)
         query = environ.get("QUERY_STRING")
         target = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
-        line = (f'{environ.get("REMOTE_ADDR", "-")} "{environ.get("REQUEST_METHOD")} {target!s:.300}" '
-                f'{seen.get("status", "-")} {seen.get("length", "-")} '
-                f'{(time.perf_counter() - started) * 1000:.2f}ms pid={os.getpid()}\n')
-        try:
-            os.write(self.fd, line.encode("utf-8", "backslashreplace"))
-        except OSError:
-            pass  # a closed stderr must not fail the request
+        write_access_line(environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD"), target,
+                          seen.get("status", "-"), seen.get("length", "-"),
+                          (time.perf_counter() - started) * 1000, self.fd)
         return body
 
 

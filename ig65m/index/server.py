@@ -1,5 +1,7 @@
-"""The HTTP + JSON search service: a Flask app from `create_app`, served by waitress from `serve`
-(one process, or `workers` pre-forked processes sharing the memory-mapped index).
+"""The HTTP + JSON search service, started by `serve`: one process, or `workers` pre-forked
+processes sharing the memory-mapped index. In each, the front (`front.py`) owns the connections
+and answers raw float32 searches itself; it hands every other connection to waitress, which serves
+the Flask app of `create_app` from its threads.
 
 Routes: `GET /healthz`, `POST /search` (JSON `{"vectors": [[...]], "k": 10, "nprobe": 16}` or a raw
 little-endian float32 body with `?k=&nprobe=`; `format` "compact" answers ids and distances only),
@@ -25,7 +27,7 @@ from werkzeug.exceptions import Conflict, HTTPException, NotFound
 from ig65m.errors import Ig65mError
 from ig65m.index import web
 from ig65m.index.batching import Batcher
-from ig65m.index.fastpath import FastSearch
+from ig65m.index.front import Front
 from ig65m.index.live import LiveIndex
 from ig65m.index.middleware import AccessLog, Cors
 from ig65m.index.prefork import Master
@@ -116,8 +118,6 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
             raise Conflict(f"keeping the loaded index: {err}") from None
         return app.json.response(reloaded=bool(reloaded), count=live.current.count)
 
-    app.wsgi_app = FastSearch(app.wsgi_app, live, batcher, token=token, omp_threads=omp_threads,
-                              max_body=app.config["MAX_CONTENT_LENGTH"])
     app.wsgi_app = Cors(app.wsgi_app, cors_origins) if cors_origins else app.wsgi_app
     if access_log:
         app.wsgi_app = AccessLog(app.wsgi_app)
@@ -224,21 +224,37 @@ def _run_worker(sock, options, omp, live, master=None):
                      batch_window=options.batch_window_ms / 1000, cors_origins=options.cors_origins,
                      access_log=options.access_log, on_reload=reload_all,
                      web_options=options.web_options)
-    # twice Flask's cap, so Flask (not waitress) answers oversized bodies, with a JSON 413
+    # Waitress accepts nothing itself (`_start=False`): the front hands it connections. Its body
+    # cap is twice Flask's, so Flask (not waitress) answers oversized bodies, with a JSON 413.
     server = waitress.create_server(
-        app, sockets=[sock], threads=options.threads, ident="ig65m",
+        app, sockets=[sock.dup()], _start=False, threads=options.threads, ident="ig65m",
         max_request_body_size=2 * max(app.config["MAX_CONTENT_LENGTH"],
                                       app.config["MAX_UPLOAD_BYTES"]),
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
+    front = Front(sock, live, lambda conn, addr, data: _adopt(server, conn, addr, data),
+                  token=options.token, omp_threads=omp, idle_timeout=options.idle_timeout,
+                  max_connections=options.max_connections,
+                  other_connections=lambda: len(server._map) - 2,  # less its socket and trigger
+                  access_log=options.access_log)
     _handle_signals(live)
     live.watch()
+    threading.Thread(target=server.run, name="waitress", daemon=True).start()
     try:
-        server.run()
+        front.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
+        server.task_dispatcher.shutdown()  # lets running requests end (5 s at most)
+
+
+def _adopt(server, sock, addr, data):
+    """Give waitress a connection of the front's with `data`, its bytes not yet answered: a
+    channel is made in waitress's own thread (woken by its trigger), as if it had accepted it."""
+    def adopt():
+        channel = server.channel_class(server, sock, addr, server.adj, map=server._map)
+        channel.received(data)
+    server.trigger.pull_trigger(adopt)
 
 
 def _handle_signals(live):

@@ -1,0 +1,355 @@
+"""The front of a server process: one event loop that owns the listening socket and every new
+connection, answers raw float32 searches itself, and hands every other connection to waitress.
+
+Why a loop of our own: behind waitress a raw single query cost 680-730 µs of server CPU, of which
+Faiss took about 250; the rest was waitress's parser, task and buffers and the hand-offs between
+its event thread and its worker threads. This loop answers the same request for about 130 µs beside
+the search, and its batching needs no window: every search request that is complete after one
+poll of the sockets goes to Faiss in one call per (k, breadth), at most `max_rows` rows a call (so
+a batched query takes the same exact-distance code as one searched alone, see batching.py). Under
+load the next poll finds the requests that arrived during a search, so batches grow with the load
+and a lone request never waits.
+
+A request is the front's when it is `POST /search` over HTTP/1.0 or 1.1, its query string holds at
+most k, nprobe and format (each once), its body is `Content-Type: application/octet-stream` (no
+parameters) with a Content-Length of at most `max_rows` vectors, and it has no Transfer-Encoding,
+Expect or Origin header (browsers send Origin: their searches take the Flask route, with CORS).
+Anything else, at the first byte that shows it (the page, JSON searches, uploads, media, a
+malformed or unusual request), moves the connection and every byte of it not yet answered to
+waitress, once the front's answers on it are sent, so answers keep their order. Both paths parse
+and answer with the same functions (`protocol.py`), so they give the same answers and errors.
+
+The loop closes connections idle for `idle_timeout` seconds (a client that stops mid-request holds
+no thread, only its buffered bytes, at most one head and one body), stops accepting at
+`max_connections` (its own and waitress's together), stops reading a connection while its answers
+wait to be sent, and writes one access-log line per request like `middleware.AccessLog`.
+"""
+
+import logging
+import selectors
+import socket
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from urllib.parse import parse_qsl
+
+import faiss
+import numpy as np
+import orjson
+from werkzeug.exceptions import HTTPException
+
+from ig65m.index.batching import default_max_rows
+from ig65m.index.middleware import write_access_line
+from ig65m.index.protocol import answer, check_token, parse_raw
+
+FAST_PARAMS = frozenset({"k", "nprobe", "format"})
+PREFIX = b"POST /search"
+MAX_HEAD = 16384  # bytes of request line and headers the front reads before it gives up the request
+RECV_BYTES = 262144
+HANDOFF_HEADERS = frozenset({b"transfer-encoding", b"expect", b"origin"})
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+log = logging.getLogger("ig65m.index.server")
+
+
+class _Connection:
+    __slots__ = ("sock", "addr", "inbuf", "outbuf", "last_active", "handoff", "close_after",
+                 "events")
+
+    def __init__(self, sock, addr):
+        self.sock, self.addr = sock, addr
+        self.inbuf, self.outbuf = bytearray(), bytearray()
+        self.last_active = time.monotonic()
+        self.handoff = self.close_after = False
+        self.events = selectors.EVENT_READ
+
+
+class _Request:
+    __slots__ = ("conn", "target", "params", "body", "authorization", "keep_alive", "version",
+                 "started")
+
+    def __init__(self, conn, target, params, body, authorization, keep_alive, version):
+        self.conn, self.target, self.params, self.body = conn, target, params, body
+        self.authorization, self.keep_alive, self.version = authorization, keep_alive, version
+        self.started = time.perf_counter()
+
+
+class Front:
+    """Serve `sock` (listening, non-blocking) until the process is stopped: raw searches over
+    `live` (a LiveIndex) here, everything else through `handoff(sock, addr, data)`, which takes
+    a connection over with `data`, the bytes read from it and not yet answered.
+    `other_connections()`: how many connections waitress holds, for the connection limit."""
+
+    def __init__(self, sock, live, handoff, *, token=None, omp_threads=1, idle_timeout=30.0,
+                 max_connections=1000, other_connections=lambda: 0, access_log=True,
+                 max_rows=None):
+        self.listener, self.live, self.handoff = sock, live, handoff
+        self.token, self.omp_threads = token, omp_threads
+        self.idle_timeout, self.max_connections = idle_timeout, max_connections
+        self.other_connections, self.access_log = other_connections, access_log
+        self.max_rows = max_rows or default_max_rows()
+        self.selector = selectors.DefaultSelector()
+        self.connections = {}
+        self.accepting = False
+        self._date = (0, b"")
+
+    def run(self):
+        faiss.omp_set_num_threads(self.omp_threads)  # thread-local: this loop runs every search
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while True:
+                self._accept_within_limit()
+                ready = []
+                for key, events in self.selector.select(timeout=1.0):
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif events & selectors.EVENT_WRITE:
+                        self._flush(key.data)
+                    else:
+                        self._read(key.data, ready)
+                if ready:
+                    self._answer(ready)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + 1.0
+                    self._sweep()
+        finally:
+            self.close()
+
+    def close(self):
+        for conn in list(self.connections.values()):
+            self._close(conn)
+        self.selector.close()
+
+    # connections
+
+    def _accept_within_limit(self):
+        room = len(self.connections) + self.other_connections() < self.max_connections
+        if room != self.accepting:
+            (self.selector.register if room else self.selector.unregister)(
+                *((self.listener, selectors.EVENT_READ) if room else (self.listener,)))
+            self.accepting = room
+
+    def _accept(self):
+        for _ in range(64):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # e.g. out of file descriptors: try again on the next poll
+                log.warning("accept failed: %s", err)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, addr)
+            self.connections[sock.fileno()] = conn
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn):
+        self.connections.pop(conn.sock.fileno(), None)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _give_up(self, conn):
+        """Hand `conn` to waitress with its unanswered bytes; it is no longer the front's."""
+        self.connections.pop(conn.sock.fileno(), None)
+        self.selector.unregister(conn.sock)
+        self.handoff(conn.sock, conn.addr, bytes(conn.inbuf))
+
+    def _sweep(self):
+        idle_since = time.monotonic() - self.idle_timeout
+        for conn in [c for c in self.connections.values() if c.last_active < idle_since]:
+            self._close(conn)
+
+    def _read(self, conn, ready):
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        conn.last_active = time.monotonic()
+        conn.inbuf += data
+        taken = self._parse(conn, ready)
+        if conn.handoff and not conn.outbuf and not taken:  # else after its answers are sent
+            self._give_up(conn)
+
+    def _flush(self, conn):
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        del conn.outbuf[:sent]
+        conn.last_active = time.monotonic()
+        if conn.outbuf:
+            self._watch(conn, selectors.EVENT_WRITE)
+        elif conn.close_after:
+            self._close(conn)
+        elif conn.handoff:
+            self._give_up(conn)
+        else:  # answers sent: read the next requests (none are read while answers wait)
+            self._watch(conn, selectors.EVENT_READ)
+
+    def _watch(self, conn, events):
+        if conn.events != events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+
+    # requests
+
+    def _parse(self, conn, ready):
+        """Take every complete request of the front's from `conn.inbuf` into `ready`; at the first
+        that is not the front's, mark the connection for waitress -> how many were taken."""
+        buf, taken = conn.inbuf, 0
+        while buf and not conn.handoff:
+            if not buf.startswith(PREFIX[:len(buf)]):
+                conn.handoff = True
+                break
+            head_end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+            if head_end < 0:  # incomplete, unless too long or ended by bare line feeds
+                conn.handoff = len(buf) >= MAX_HEAD or b"\n\n" in buf
+                break
+            request = self._request(conn, bytes(buf[:head_end]))
+            if request is None:
+                conn.handoff = True
+                break
+            length, request = request
+            end = head_end + 4 + length
+            if len(buf) < end:
+                break  # the body is on its way
+            request.body = bytes(buf[head_end + 4:end])
+            del buf[:end]
+            ready.append(request)
+            taken += 1
+            if not request.keep_alive:
+                del buf[:]
+                break
+        return taken
+
+    def _request(self, conn, head):
+        """(body length, _Request) of a request head the front answers, else None."""
+        lines = head.split(b"\r\n")
+        if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
+            return None  # a bare CR or LF: waitress refuses it
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+            return None
+        path, _, query = parts[1].partition(b"?")
+        if path != b"/search":
+            return None
+        try:
+            pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            return None
+        params = dict(pairs)
+        if len(params) != len(pairs) or not params.keys() <= FAST_PARAMS:
+            return None
+        headers = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            name = name.lower()
+            if not colon or not name or name != name.strip() or name in headers:
+                return None  # folded, malformed or repeated: waitress decides
+            headers[name] = value.strip()
+        if not headers.keys().isdisjoint(HANDOFF_HEADERS):
+            return None
+        if headers.get(b"content-type", b"").lower() != b"application/octet-stream":
+            return None
+        length = headers.get(b"content-length", b"")
+        if not length.isdigit() or int(length) > self.max_rows * 4 * self.live.current.dimension:
+            return None
+        connection = headers.get(b"connection", b"").lower()
+        version = parts[2]
+        keep_alive = (connection != b"close" if version == b"HTTP/1.1"
+                      else connection == b"keep-alive")
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        target = parts[1].decode("ascii", "backslashreplace")
+        return int(length), _Request(conn, target, params, None, authorization, keep_alive, version)
+
+    def _answer(self, ready):
+        """Search every request of `ready` (batched) and queue its answer on its connection."""
+        current = self.live.current  # one index for the whole batch, even across a reload
+        queries, answers = {}, {}
+        for request in ready:
+            try:
+                check_token(request.authorization, self.token)
+                query = parse_raw(request.body, request.params, current.dimension)
+            except HTTPException as err:
+                answers[request] = _error(err)
+                continue
+            queries.setdefault((query.k, query.breadth), []).append((request, query))
+        for (k, breadth), group in queries.items():
+            for batch in _batches(group, self.max_rows):
+                self._search(current, batch, k, breadth, answers)
+        for request in ready:
+            self._queue(request, *answers[request])
+        for conn in {request.conn for request in ready}:  # once all its answers are queued
+            if conn.sock.fileno() >= 0:
+                self._flush(conn)
+
+    def _search(self, current, group, k, breadth, answers):
+        rows = [query.vectors for _, query in group]
+        try:
+            distances, ids = current.search_arrays(
+                rows[0] if len(rows) == 1 else np.concatenate(rows), k, breadth)
+            row = 0
+            for request, query in group:
+                count = len(query.vectors)
+                payload = answer(current, query, distances[row:row + count], ids[row:row + count])
+                answers[request] = (200, orjson.dumps(payload, option=JSON_OPTIONS), ())
+                row += count
+        except Exception as err:  # a bug: answered like Flask's handler answers it
+            log.exception("internal error")
+            body = orjson.dumps({"error": f"internal error: {type(err).__name__}"})
+            for request, _ in group:
+                answers[request] = (500, body, ())
+
+    def _queue(self, request, status, body, extra):
+        conn = request.conn
+        if conn.sock.fileno() < 0:
+            return  # closed meanwhile
+        head = [f"{request.version.decode()} {status} {HTTPStatus(status).phrase}".encode(),
+                b"Date: " + self._http_date(), b"Content-Type: application/json",
+                b"Content-Length: %d" % len(body), *extra]
+        if not request.keep_alive:
+            head.append(b"Connection: close")
+            conn.close_after = True
+        elif request.version == b"HTTP/1.0":
+            head.append(b"Connection: keep-alive")
+        conn.outbuf += b"\r\n".join(head) + b"\r\n\r\n" + body
+        if self.access_log:
+            write_access_line(conn.addr[0], "POST", request.target, status, len(body),
+                              (time.perf_counter() - request.started) * 1000)
+
+    def _http_date(self):
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+
+def _batches(group, max_rows):
+    """[(request, query)] cut, in order, into batches of at most `max_rows` vectors."""
+    batch, rows = [], 0
+    for item in group:
+        count = len(item[1].vectors)
+        if batch and rows + count > max_rows:
+            yield batch
+            batch, rows = [], 0
+        batch.append(item)
+        rows += count
+    if batch:
+        yield batch
+
+
+def _error(err):
+    extra = (b"WWW-Authenticate: Bearer",) if err.code == 401 else ()
+    return err.code, orjson.dumps({"error": err.description}), extra
