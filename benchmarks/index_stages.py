@@ -4,8 +4,9 @@ one thread (`time.thread_time`, so other processes' load does not count), median
     python benchmarks/index_stages.py INDEX_DIR QUERIES.npy [--repeat 1000]
 
 Stages: Faiss search, metadata gather and result dicts, orjson encoding, parsing of a raw and of a
-JSON body, the whole WSGI call in process (fast path for raw bodies, Flask for JSON), and the server
-processes' CPU per request over HTTP (granian + everything), from sequential keep-alive requests.
+JSON body, the whole WSGI call in process (the Flask route, which serves browsers and JSON), and the
+server processes' CPU per request over HTTP (the front, which answers raw searches itself, and
+everything else), from sequential keep-alive requests.
 """
 
 import argparse
@@ -63,7 +64,7 @@ def in_process(index_dir, queries, repeat):
         "parse raw body": cpu_us(lambda n: parse_raw(pick(raw, n), {"k": "10"}, searcher.dimension),
                                  repeat),
         "parse JSON body": cpu_us(lambda n: parse_json(pick(bodies, n), searcher.dimension), repeat),
-        "whole WSGI call, raw (fast path)": cpu_us(lambda n: call(environ(
+        "whole WSGI call, raw (Flask route)": cpu_us(lambda n: call(environ(
             pick(raw, n), "application/octet-stream", "k=10")), repeat),
         "whole WSGI call, JSON (Flask)": cpu_us(lambda n: call(environ(
             pick(bodies, n), "application/json", "")), repeat),

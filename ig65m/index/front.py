@@ -1,5 +1,5 @@
 """The front of a server process: one event loop that owns the listening socket and every new
-connection, answers raw float32 searches itself, and hands every other connection to waitress.
+connection, answers `POST /search` itself, and hands every other connection to waitress.
 
 Why a loop of our own: behind waitress a raw single query cost 680-730 µs of server CPU, of which
 Faiss took about 250; the rest was waitress's parser, task and buffers and the hand-offs between
@@ -10,14 +10,17 @@ a batched query takes the same exact-distance code as one searched alone, see ba
 load the next poll finds the requests that arrived during a search, so batches grow with the load
 and a lone request never waits.
 
-A request is the front's when it is `POST /search` over HTTP/1.0 or 1.1, its query string holds at
-most k, nprobe and format (each once), its body is `Content-Type: application/octet-stream` (no
-parameters) with a Content-Length of at most `max_rows` vectors, and it has no Transfer-Encoding,
-Expect or Origin header (browsers send Origin: their searches take the Flask route, with CORS).
+A request is the front's when it is `POST /search` over HTTP/1.0 or 1.1 with a Content-Length and
+no Transfer-Encoding or Expect header (nor Origin when the server answers CORS: the Flask route adds
+its headers), and its body is either raw float32 (`Content-Type: application/octet-stream`, no
+parameters, at most `max_rows` vectors, options in the query string, each once: k, nprobe, format,
+group_by, min_score, exclude) or JSON (`Content-Type: application/json`, at most the bytes of
+`max_rows` vectors written out; a longer one searches alone).
 Anything else, at the first byte that shows it (the page, JSON searches, uploads, media, a
 malformed or unusual request), moves the connection and every byte of it not yet answered to
 waitress, once the front's answers on it are sent, so answers keep their order. Both paths parse
-and answer with the same functions (`protocol.py`), so they give the same answers and errors.
+and answer with the same functions (`protocol.py`, `server.search_answer`), so they give the same
+answers and errors.
 
 The loop closes connections idle for `idle_timeout` seconds (a client that stops mid-request holds
 no thread, only its buffered bytes, at most one head and one body), stops accepting at
@@ -40,13 +43,15 @@ from werkzeug.exceptions import HTTPException
 
 from ig65m.index.batching import default_max_rows
 from ig65m.index.middleware import write_access_line
-from ig65m.index.protocol import answer, check_token, parse_raw
+from ig65m.index.protocol import check_token, parse_json, parse_raw
 
-FAST_PARAMS = frozenset({"k", "nprobe", "format"})
+RAW_PARAMS = frozenset({"k", "nprobe", "format", "group_by", "min_score", "exclude"})
 PREFIX = b"POST /search"
 MAX_HEAD = 16384  # bytes of request line and headers the front reads before it gives up the request
 RECV_BYTES = 262144
-HANDOFF_HEADERS = frozenset({b"transfer-encoding", b"expect", b"origin"})
+HANDOFF_HEADERS = frozenset({b"transfer-encoding", b"expect"})
+RAW, JSON = b"application/octet-stream", b"application/json"
+JSON_NUMBER_BYTES = 24  # a float32 written out in JSON, at most, with its comma
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 log = logging.getLogger("ig65m.index.server")
@@ -68,22 +73,25 @@ class _Request:
     __slots__ = ("conn", "target", "params", "body", "authorization", "keep_alive", "version",
                  "started")
 
-    def __init__(self, conn, target, params, body, authorization, keep_alive, version):
-        self.conn, self.target, self.params, self.body = conn, target, params, body
+    def __init__(self, conn, target, params, authorization, keep_alive, version):
+        self.conn, self.target, self.params, self.body = conn, target, params, None
         self.authorization, self.keep_alive, self.version = authorization, keep_alive, version
         self.started = time.perf_counter()
 
 
 class Front:
-    """Serve `sock` (listening, non-blocking) until the process is stopped: raw searches over
-    `live` (a LiveIndex) here, everything else through `handoff(sock, addr, data)`, which takes
-    a connection over with `data`, the bytes read from it and not yet answered.
+    """Serve `sock` (listening, non-blocking) until the process is stopped: searches over `live`
+    (a LiveIndex) here, answered by `answer(searcher, query, distances, ids)` (a JSON object) in a
+    `context()` (the Flask app's), everything else through `handoff(sock, addr, data)`, which
+    takes a connection over with `data`, the bytes read from it and not yet answered.
     `other_connections()`: how many connections waitress holds, for the connection limit."""
 
-    def __init__(self, sock, live, handoff, *, token=None, omp_threads=1, idle_timeout=30.0,
-                 max_connections=1000, other_connections=lambda: 0, access_log=True,
-                 max_rows=None):
+    def __init__(self, sock, live, handoff, *, answer, context, token=None, omp_threads=1,
+                 idle_timeout=30.0, max_connections=1000, other_connections=lambda: 0,
+                 access_log=True, cors=False, max_rows=None):
         self.listener, self.live, self.handoff = sock, live, handoff
+        self.answer, self.context = answer, context
+        self.handoff_headers = HANDOFF_HEADERS | ({b"origin"} if cors else set())
         self.token, self.omp_threads = token, omp_threads
         self.idle_timeout, self.max_connections = idle_timeout, max_connections
         self.other_connections, self.access_log = other_connections, access_log
@@ -245,13 +253,6 @@ class Front:
         path, _, query = parts[1].partition(b"?")
         if path != b"/search":
             return None
-        try:
-            pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            return None
-        params = dict(pairs)
-        if len(params) != len(pairs) or not params.keys() <= FAST_PARAMS:
-            return None
         headers = {}
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -259,12 +260,19 @@ class Front:
             if not colon or not name or name != name.strip() or name in headers:
                 return None  # folded, malformed or repeated: waitress decides
             headers[name] = value.strip()
-        if not headers.keys().isdisjoint(HANDOFF_HEADERS):
+        if not headers.keys().isdisjoint(self.handoff_headers):
             return None
-        if headers.get(b"content-type", b"").lower() != b"application/octet-stream":
+        kind = headers.get(b"content-type", b"").lower()
+        dimension = self.live.current.dimension
+        if kind == RAW:
+            cap = self.max_rows * 4 * dimension
+            params = _query_params(query)
+        elif kind == JSON and not query:
+            cap, params = self.max_rows * dimension * JSON_NUMBER_BYTES, {}
+        else:
             return None
         length = headers.get(b"content-length", b"")
-        if not length.isdigit() or int(length) > self.max_rows * 4 * self.live.current.dimension:
+        if params is None or not length.isdigit() or int(length) > cap:
             return None
         connection = headers.get(b"connection", b"").lower()
         version = parts[2]
@@ -272,7 +280,9 @@ class Front:
                       else connection == b"keep-alive")
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         target = parts[1].decode("ascii", "backslashreplace")
-        return int(length), _Request(conn, target, params, None, authorization, keep_alive, version)
+        request = _Request(conn, target, params if kind == RAW else None, authorization,
+                           keep_alive, version)
+        return int(length), request
 
     def _answer(self, ready):
         """Search every request of `ready` (batched) and queue its answer on its connection."""
@@ -281,14 +291,18 @@ class Front:
         for request in ready:
             try:
                 check_token(request.authorization, self.token)
-                query = parse_raw(request.body, request.params, current.dimension)
+                if request.params is None:
+                    query = parse_json(request.body, current.dimension)
+                else:
+                    query = parse_raw(request.body, request.params, current.dimension)
             except HTTPException as err:
                 answers[request] = _error(err)
                 continue
             queries.setdefault((query.k, query.breadth), []).append((request, query))
-        for (k, breadth), group in queries.items():
-            for batch in _batches(group, self.max_rows):
-                self._search(current, batch, k, breadth, answers)
+        with self.context():
+            for (k, breadth), group in queries.items():
+                for batch in _batches(group, self.max_rows):
+                    self._search(current, batch, k, breadth, answers)
         for request in ready:
             self._queue(request, *answers[request])
         for conn in {request.conn for request in ready}:  # once all its answers are queued
@@ -300,17 +314,22 @@ class Front:
         try:
             distances, ids = current.search_arrays(
                 rows[0] if len(rows) == 1 else np.concatenate(rows), k, breadth)
-            row = 0
-            for request, query in group:
-                count = len(query.vectors)
-                payload = answer(current, query, distances[row:row + count], ids[row:row + count])
-                answers[request] = (200, orjson.dumps(payload, option=JSON_OPTIONS), ())
-                row += count
-        except Exception as err:  # a bug: answered like Flask's handler answers it
-            log.exception("internal error")
-            body = orjson.dumps({"error": f"internal error: {type(err).__name__}"})
+        except Exception as err:
             for request, _ in group:
-                answers[request] = (500, body, ())
+                answers[request] = _failure(err)
+            return
+        row = 0
+        for request, query in group:
+            count = len(query.vectors)
+            try:
+                payload = self.answer(current, query, distances[row:row + count],
+                                      ids[row:row + count])
+                answers[request] = (200, orjson.dumps(payload, option=JSON_OPTIONS), ())
+            except HTTPException as err:  # e.g. a bad group_by or min_score
+                answers[request] = _error(err)
+            except Exception as err:
+                answers[request] = _failure(err)
+            row += count
 
     def _queue(self, request, status, body, extra):
         conn = request.conn
@@ -336,6 +355,17 @@ class Front:
         return self._date[1]
 
 
+def _query_params(query):
+    """The options of a raw search's query string -> dict, or None when they are not all the
+    front's or one is repeated (Flask's route then decides)."""
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return None
+    params = dict(pairs)
+    return params if len(params) == len(pairs) and params.keys() <= RAW_PARAMS else None
+
+
 def _batches(group, max_rows):
     """[(request, query)] cut, in order, into batches of at most `max_rows` vectors."""
     batch, rows = [], 0
@@ -348,6 +378,12 @@ def _batches(group, max_rows):
         rows += count
     if batch:
         yield batch
+
+
+def _failure(err):
+    """A bug: logged, and answered like Flask's error handler answers it."""
+    log.exception("internal error")
+    return 500, orjson.dumps({"error": f"internal error: {type(err).__name__}"}), ()
 
 
 def _error(err):

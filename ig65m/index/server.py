@@ -98,10 +98,7 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
         query = parse_search(request, current.dimension)
         faiss.omp_set_num_threads(omp_threads)  # per thread: OpenMP settings are thread-local
         distances, ids = batcher.search(current, query.vectors, query.k, query.breadth)
-        if query.params.get("group_by") is not None:
-            results = current.results(distances, ids)
-            return app.json.response(web.group_results(current, results, query.params))
-        return app.json.response(answer(current, query, distances, ids))
+        return app.json.response(search_answer(current, query, distances, ids))
 
     @app.get("/clips/<int:clip_id>")
     def clip(clip_id):
@@ -122,6 +119,15 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
     if access_log:
         app.wsgi_app = AccessLog(app.wsgi_app)
     return app
+
+
+def search_answer(current, query, distances, ids):
+    """The JSON object answering a /search `query` (the Flask route's and the front's): grouped by
+    video when it asks (`group_by`, see web.group_results: needs the app's context), else
+    protocol.answer's."""
+    if query.params.get("group_by") is not None:
+        return web.group_results(current, current.results(distances, ids), query.params)
+    return answer(current, query, distances, ids)
 
 
 class _Fixed:
@@ -233,10 +239,11 @@ def _run_worker(sock, options, omp, live, master=None):
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
     front = Front(sock, live, lambda conn, addr, data: _adopt(server, conn, addr, data),
-                  token=options.token, omp_threads=omp, idle_timeout=options.idle_timeout,
+                  answer=search_answer, context=app.app_context, token=options.token,
+                  omp_threads=omp, idle_timeout=options.idle_timeout,
                   max_connections=options.max_connections,
                   other_connections=lambda: len(server._map) - 2,  # less its socket and trigger
-                  access_log=options.access_log)
+                  access_log=options.access_log, cors=bool(options.cors_origins))
     _handle_signals(live)
     live.watch()
     threading.Thread(target=server.run, name="waitress", daemon=True).start()
