@@ -2,10 +2,12 @@
 
 Real features (extracted from the shared sample videos) are tiled to the wanted size as "virtual
 videos": each samples points along one real video's feature trajectory (between adjacent clips),
-is centred, gets per-dimension Gaussian noise scaled by the real features' spread, and is turned
-by its own random signed permutation of the dimensions (an orthogonal map: the distances inside a
-video stay the real ones, while different virtual videos overlap around the real mean instead of
-forming far-apart, easy clusters). The noise level is calibrated so that the collection's
+is centred, gets per-dimension Gaussian noise scaled by the real features' spread, is turned by its
+own random signed permutation of the dimensions (an orthogonal map: the distances inside a video
+stay the real ones, while different virtual videos overlap instead of forming far-apart, easy
+clusters) and moved by its own offset of half the real spread per dimension. Without the offset
+the clips near the real mean of every virtual video fell in one place: at 1M clips one IVF list
+held 98,855 of them (Faiss imbalance factor 43.6), and a search cost 27 ms. The noise level is calibrated so that the collection's
 neighbour-distance ratio (median distance to the 1st / to the 10th nearest neighbour) equals the
 one measured on the real features themselves.
 """
@@ -18,6 +20,7 @@ import numpy as np
 from ig65m.fileio import FeatureWriter, load_features
 
 CLIPS_PER_VIDEO = 500
+VIDEO_OFFSET = 0.5  # a virtual video's offset from the real mean, in real spreads per dimension
 
 
 def neighbour_ratio(database, queries, exclude_self=False, k=10):
@@ -54,6 +57,7 @@ class RealTiles:
         source = self.videos[number % len(self.videos)]
         permutation = turn.permutation(self.dim)
         signs = turn.choice(np.array([-1, 1], "f4"), self.dim)
+        offset = VIDEO_OFFSET * self.spread * turn.standard_normal(self.dim, dtype="f4")
         rng = np.random.default_rng([number, seed])
         where = np.sort(rng.uniform(0, len(source) - 1, rows))
         left = np.floor(where).astype(int)
@@ -61,7 +65,7 @@ class RealTiles:
         mix = (where - left)[:, None].astype("f4")
         points = source[left] * (1 - mix) + source[right] * mix - self.mean
         points += self.sigma * self.spread * rng.standard_normal(points.shape, dtype="f4")
-        return (self.mean + signs * points[:, permutation]).astype("f4")
+        return (self.mean + offset + signs * points[:, permutation]).astype("f4")
 
     def collection(self, count, seed=0):
         """Yields (video number, rows) for `count` clips in videos of CLIPS_PER_VIDEO."""
