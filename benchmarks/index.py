@@ -5,8 +5,11 @@ queries, in alternating rounds; optionally the server of another checkout beside
 
 Data (see index_data.py): real clip features tiled with calibrated noise to --vectors clips; the
 neighbour-distance ratio of the real features and of the collection are printed. Queries are
-held-out clips. Clients run in separate processes (http.client, keep-alive, raw float32 bodies);
-the CPU they used is printed, because on a small machine they take cores from the server.
+held-out clips. Clients run in separate processes over keep-alive connections, and the CPU they
+used is printed, because on a small machine they take cores from the server: `--client raw` (the
+default) writes pre-encoded requests to a socket and reads answers by their Content-Length, a
+load generator's cost (about 35 us a request); `--client http.client`, Python's own client (about
+150 us), shows what a plain Python caller pays on top.
 Figures: recall@1/@10, p50/p99 of single queries, throughput with 1/8/32 clients against Faiss
 with as many threads, PSS of every server process, each block with its load average.
 """
@@ -17,6 +20,7 @@ import json
 import multiprocessing
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,23 +66,68 @@ def start_server(checkout, index_dir, args, forms):
     raise SystemExit(f"server of {checkout} did not start")
 
 
-def client(port, form, queries, seconds, count, start, out):
+class RawClient:
+    """HTTP/1.1 over one keep-alive socket with nothing but what a load generator does:
+    `post(request bytes)` -> status, after reading the answer by its Content-Length."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    @staticmethod
+    def request(path, kind, body):
+        return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def post(self, request):
+        self.sock.sendall(request)
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self.buf += self._recv()
+        head, self.buf = self.buf[:end], self.buf[end + 4:]
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        while len(self.buf) < length:
+            self.buf += self._recv()
+        self.buf = self.buf[length:]
+        return int(head[9:12])
+
+    def _recv(self):
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+
+def client(port, form, queries, seconds, count, start, out, kind="raw"):
     """One client process: single queries over one keep-alive connection until `seconds` pass
     (or `count` are done) -> (answered, errors, latencies in s, CPU seconds) on `out`."""
-    path, kind, make = FORMS[form]
+    path, content_type, make = FORMS[form]
     bodies = [make(q) for q in queries]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    if kind == "raw":
+        raw = RawClient(port)
+        requests = [RawClient.request(path, content_type, body) for body in bodies]
+        post = lambda n: raw.post(requests[n % len(requests)])  # noqa: E731
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def post(number):
+            connection.request("POST", path, bodies[number % len(bodies)],
+                               {"Content-Type": content_type})
+            answer = connection.getresponse()
+            answer.read()
+            return answer.status
     times, errors = [], 0
     start.wait()
     cpu, stop_at = time.process_time(), time.perf_counter() + seconds
     while len(times) < count and time.perf_counter() < stop_at:
         began = time.perf_counter()
-        connection.request("POST", path, bodies[len(times) % len(bodies)], {"Content-Type": kind})
-        answer = connection.getresponse()
-        answer.read()
+        status = post(len(times))
         times.append(time.perf_counter() - began)
-        errors += answer.status != 200
+        errors += status != 200
     out.put((len(times), errors, times, time.process_time() - cpu))
+
+
+CLIENT = {"kind": "raw"}  # --client
 
 
 def http_run(port, form, queries, clients, seconds=1e9, count=10**9):
@@ -86,7 +135,8 @@ def http_run(port, form, queries, clients, seconds=1e9, count=10**9):
     context = multiprocessing.get_context("fork")
     start, out = context.Event(), context.Queue()
     procs = [context.Process(target=client, args=(port, form, queries[i::clients], seconds, count,
-                                                  start, out)) for i in range(clients)]
+                                                  start, out, CLIENT["kind"]))
+             for i in range(clients)]
     for proc in procs:
         proc.start()
     time.sleep(0.3)
@@ -223,9 +273,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--client", choices=("raw", "http.client"), default="raw",
+                        help="the clients' HTTP code (see the module docstring)")
+    parser.add_argument("--server-args", default="",
+                        help="more index-serve options, e.g. '--batch-window-ms 0'")
     parser.add_argument("--old", default=None, help="another checkout whose server runs beside")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    CLIENT["kind"] = args.client
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ig65m-index-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     queries, truth = prepare(args, work)
@@ -237,7 +292,9 @@ def main():
     print(f"recall in-process: @1 {recall(ids, truth, 1):.4f}, @10 {recall(ids, truth, 10):.4f}")
     checkout = Path(__file__).resolve().parents[1]
     servers = {"new": start_server(checkout, work / "index", ["--workers", str(args.workers),
-                                                              "--no-access-log"], list(FORMS))}
+                                                              "--no-access-log",
+                                                              *args.server_args.split()],
+                                   list(FORMS))}
     if args.old:
         servers["old"] = start_server(Path(args.old).resolve(), work / "index",
                                       ["--threads", "4"], ["raw+full", "json+full"])

@@ -7,8 +7,9 @@ its event thread and its worker threads. This loop answers the same request for 
 the search, and its batching needs no window: every search request that is complete after one
 poll of the sockets goes to Faiss in one call per (k, breadth), at most `max_rows` rows a call (so
 a batched query takes the same exact-distance code as one searched alone, see batching.py). Under
-load the next poll finds the requests that arrived during a search, so batches grow with the load
-and a lone request never waits.
+load the next poll finds the requests that arrived during a search, so batches grow with the load;
+only when the last batch held more than one request does the loop poll on for up to
+`batch_window` seconds (or `max_rows` requests) first, so a lone request never waits.
 
 A request is the front's when it is `POST /search` over HTTP/1.0 or 1.1 with a Content-Length and
 no Transfer-Encoding or Expect header (nor Origin when the server answers CORS: the Flask route adds
@@ -87,9 +88,10 @@ class Front:
     `other_connections()`: how many connections waitress holds, for the connection limit."""
 
     def __init__(self, sock, live, handoff, *, answer, context, token=None, omp_threads=1,
-                 idle_timeout=30.0, max_connections=1000, other_connections=lambda: 0,
-                 access_log=True, cors=False, max_rows=None):
+                 batch_window=0.0005, idle_timeout=30.0, max_connections=1000,
+                 other_connections=lambda: 0, access_log=True, cors=False, max_rows=None):
         self.listener, self.live, self.handoff = sock, live, handoff
+        self.batch_window = batch_window
         self.answer, self.context = answer, context
         self.handoff_headers = HANDOFF_HEADERS | ({b"origin"} if cors else set())
         self.token, self.omp_threads = token, omp_threads
@@ -104,24 +106,35 @@ class Front:
     def run(self):
         faiss.omp_set_num_threads(self.omp_threads)  # thread-local: this loop runs every search
         next_sweep = time.monotonic() + 1.0
+        last_batch = 1
         try:
             while True:
                 self._accept_within_limit()
                 ready = []
-                for key, events in self.selector.select(timeout=1.0):
-                    if key.fileobj is self.listener:
-                        self._accept()
-                    elif events & selectors.EVENT_WRITE:
-                        self._flush(key.data)
-                    else:
-                        self._read(key.data, ready)
+                self._poll(1.0, ready)
+                if ready and last_batch > 1 and self.batch_window > 0:  # under load: wait for more
+                    deadline = time.monotonic() + self.batch_window
+                    while len(ready) < self.max_rows and (left := deadline - time.monotonic()) > 0:
+                        self._poll(left, ready)
                 if ready:
+                    last_batch = len(ready)
                     self._answer(ready)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + 1.0
                     self._sweep()
         finally:
             self.close()
+
+    def _poll(self, timeout, ready):
+        """Wait at most `timeout` seconds for sockets, and serve them: complete search requests
+        go to `ready`."""
+        for key, events in self.selector.select(timeout=timeout):
+            if key.fileobj is self.listener:
+                self._accept()
+            elif events & selectors.EVENT_WRITE:
+                self._flush(key.data)
+            else:
+                self._read(key.data, ready)
 
     def close(self):
         for conn in list(self.connections.values()):

@@ -240,7 +240,8 @@ def _run_worker(sock, options, omp, live, master=None):
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
     front = Front(sock, live, lambda conn, addr, data: _adopt(server, conn, addr, data),
                   answer=search_answer, context=app.app_context, token=options.token,
-                  omp_threads=omp, idle_timeout=options.idle_timeout,
+                  omp_threads=omp, batch_window=options.batch_window_ms / 1000,
+                  idle_timeout=options.idle_timeout,
                   max_connections=options.max_connections,
                   other_connections=lambda: len(server._map) - 2,  # less its socket and trigger
                   access_log=options.access_log, cors=bool(options.cors_origins))
