@@ -60,7 +60,7 @@ log = logging.getLogger("ig65m.index.server")
 
 class _Connection:
     __slots__ = ("sock", "addr", "inbuf", "outbuf", "last_active", "handoff", "close_after",
-                 "events")
+                 "events", "pending")
 
     def __init__(self, sock, addr):
         self.sock, self.addr = sock, addr
@@ -68,6 +68,7 @@ class _Connection:
         self.last_active = time.monotonic()
         self.handoff = self.close_after = False
         self.events = selectors.EVENT_READ
+        self.pending = 0  # its requests read and not yet answered
 
 
 class _Request:
@@ -196,8 +197,8 @@ class Front:
             return
         conn.last_active = time.monotonic()
         conn.inbuf += data
-        taken = self._parse(conn, ready)
-        if conn.handoff and not conn.outbuf and not taken:  # else after its answers are sent
+        self._parse(conn, ready)
+        if conn.handoff and not conn.outbuf and not conn.pending:  # else once answers are sent
             self._give_up(conn)
 
     def _flush(self, conn):
@@ -214,7 +215,7 @@ class Front:
             self._watch(conn, selectors.EVENT_WRITE)
         elif conn.close_after:
             self._close(conn)
-        elif conn.handoff:
+        elif conn.handoff and not conn.pending:
             self._give_up(conn)
         else:  # answers sent: read the next requests (none are read while answers wait)
             self._watch(conn, selectors.EVENT_READ)
@@ -228,8 +229,8 @@ class Front:
 
     def _parse(self, conn, ready):
         """Take every complete request of the front's from `conn.inbuf` into `ready`; at the first
-        that is not the front's, mark the connection for waitress -> how many were taken."""
-        buf, taken = conn.inbuf, 0
+        that is not the front's, mark the connection for waitress."""
+        buf = conn.inbuf
         while buf and not conn.handoff:
             if not buf.startswith(PREFIX[:len(buf)]):
                 conn.handoff = True
@@ -249,11 +250,10 @@ class Front:
             request.body = bytes(buf[head_end + 4:end])
             del buf[:end]
             ready.append(request)
-            taken += 1
+            conn.pending += 1
             if not request.keep_alive:
                 del buf[:]
                 break
-        return taken
 
     def _request(self, conn, head):
         """(body length, _Request) of a request head the front answers, else None."""
@@ -346,6 +346,7 @@ class Front:
 
     def _queue(self, request, status, body, extra):
         conn = request.conn
+        conn.pending -= 1
         if conn.sock.fileno() < 0:
             return  # closed meanwhile
         head = [f"{request.version.decode()} {status} {HTTPStatus(status).phrase}".encode(),
