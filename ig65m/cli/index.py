@@ -79,7 +79,8 @@ def index_build(paths, index_key, metric, append, target_recall, path_prefixes, 
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes, sharing one memory-mapped index.")
 @click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Requests served at once by each worker.")
+              help="Threads of each worker for everything but searches (the page, media, "
+                   "uploads); its front answers POST /search itself.")
 @click.option("--omp-threads", type=click.IntRange(1, 1024), default=None,
               help="OpenMP threads per worker's searches [cores / --workers, at least 1]")
 @click.option("--batch-window-ms", type=click.FloatRange(0, 100), default=0.5, show_default=True,
@@ -113,7 +114,7 @@ def index_build(paths, index_key, metric, append, target_recall, path_prefixes, 
               show_default=True, help="Size bound of the thumbnail cache beside the index.")
 def index_serve(index_dir, token, cors_origin, access_log, model, weights, media_roots,
                 max_upload_mb, max_upload_seconds, upload_queue, thumb_cache_mb, **options):
-    """Serve INDEX_DIR over HTTP (waitress): the search page at /, GET /healthz, POST /search,
+    """Serve INDEX_DIR over HTTP: the search page at /, GET /healthz, POST /search,
     GET /clips/ID, POST /reload, POST /search/video (uploads), /thumbs/ID and /media/ID.
 
     The `ig65m` command group loads only this command's module, so the server never imports
