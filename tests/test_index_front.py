@@ -3,6 +3,8 @@ hands to waitress, in order, and what it does with clients that misbehave. A rea
 process on 127.0.0.1; requests are written to raw sockets, so nothing normalises them."""
 
 import json
+import os
+import signal
 import socket
 import sys
 import time
@@ -315,3 +317,50 @@ def _unsigned(answer):
         for segment in video["segments"]:
             segment.pop("thumb")
     return answer
+
+
+def burst_of_connections(process, port, first_k):
+    """8 keep-alive connections opened at once, one search each -> the pid of the worker that
+    answered each (the access log names it)."""
+    socks = [connect(port) for _ in range(8)]
+    time.sleep(0.5)
+    for number, sock in enumerate(socks):
+        sock.sendall(raw_search(np.zeros(DIM), query=f"k={first_k + number}"))
+        assert read_answers(sock, 1)[0][0] == 200
+    time.sleep(0.3)
+    pids = [next(line for line in process.lines if f'"POST /search?k={first_k + number}" 200' in line)
+            .rsplit("pid=", 1)[1].strip() for number in range(8)]
+    for sock in socks:
+        sock.close()
+    return pids
+
+
+def test_workers_share_connections_evenly_also_after_one_is_killed(tmp_path):
+    """2 workers take 4 of 8 connections each, so neither idles under 8 clients. A worker killed
+    mid-run leaves the other serving every new connection at once, and its replacement takes its
+    share again."""
+    write(tmp_path, "video0", clustered(200, DIM, 6))
+    build_index([tmp_path / "video0.npy"], tmp_path / "idx", progress=False)
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(tmp_path / "idx"),
+                                 "--port", "0", "--workers", "2"], env={"IG65M_TOKEN": TOKEN})
+    port = int(url.rsplit(":", 1)[1])
+
+    def workers_ready(count):  # each worker says so once its front holds its slot
+        deadline = time.monotonic() + 60
+        while sum(" ready" in line for line in process.lines) < count:
+            assert time.monotonic() < deadline, process.lines
+            time.sleep(0.1)
+
+    try:
+        workers_ready(2)
+        pids = burst_of_connections(process, port, 1)
+        assert sorted(pids.count(pid) for pid in set(pids)) == [4, 4], pids
+        killed = pids[0]
+        os.kill(int(killed), signal.SIGKILL)
+        pids = burst_of_connections(process, port, 11)  # before the master replaces it (1 s)
+        assert len(set(pids)) == 1 and killed not in pids, pids
+        workers_ready(3)
+        pids = burst_of_connections(process, port, 21)
+        assert sorted(pids.count(pid) for pid in set(pids)) == [4, 4], pids
+    finally:
+        stop(process)

@@ -5,7 +5,7 @@ leader and searches at once in its own thread. Requests that arrive while a sear
 when it ends, the leader hands the lead to the oldest queued request, which takes every queued
 request with the same searcher, k and search breadth (up to `max_rows` vectors) into one Faiss
 call. Only under load (the previous batch held more than one request) does a leader first wait up
-to `window` seconds for more requests to join.
+to `window` seconds for more requests to join, and only until as many rows as that batch had.
 
 Batching never changes an answer: `max_rows` stays below Faiss's `distance_compute_blas_threshold`,
 so a batched query takes the same exact-distance code path as one searched alone.
@@ -82,7 +82,8 @@ class Batcher:
         stay within max_rows."""
         with self._cond:
             if self.window > 0 and self._last_batch > 1:
-                self._cond.wait_for(lambda: self._rows(job.key()) >= self.max_rows, self.window)
+                wanted = min(self._last_batch, self.max_rows)
+                self._cond.wait_for(lambda: self._rows(job.key()) >= wanted, self.window)
             batch, rows, rest = [job], len(job.vectors), []
             for queued in self._queue:
                 if queued is job:

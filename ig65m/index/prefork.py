@@ -38,21 +38,23 @@ def _child(target):
 
 
 class Master:
-    """Forks `count` workers running `target()`; SIGTERM/SIGINT stop them all, SIGHUP is passed
-    on to every worker, a worker that dies is replaced."""
+    """Forks `count` workers running `target(slot)`, slot 0 to count - 1; SIGTERM/SIGINT stop them
+    all, SIGHUP is passed on to every worker, a worker that dies is replaced in its slot, after
+    `on_exit(slot)`."""
 
-    def __init__(self, count, target, before_restart=None):
+    def __init__(self, count, target, before_restart=None, on_exit=None):
         self.count = count
         self.target = target
         self.before_restart = before_restart
-        self.children = set()
+        self.on_exit = on_exit
+        self.children = {}  # pid -> slot
         self.stopping = False
 
-    def spawn(self):
+    def spawn(self, slot):
         pid = os.fork()
         if pid == 0:
-            _child(self.target)
-        self.children.add(pid)
+            _child(lambda: self.target(slot))
+        self.children[pid] = slot
 
     def signal_children(self, number):
         for pid in list(self.children):
@@ -72,8 +74,8 @@ class Master:
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, lambda signum, frame: self.signal_children(signal.SIGHUP))
         gc.freeze()  # what the master loaded stays shared: no collector pass writes to it
-        for _ in range(self.count):
-            self.spawn()
+        for slot in range(self.count):
+            self.spawn(slot)
         while self.children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
@@ -81,7 +83,9 @@ class Master:
                 if self.stopping and time.monotonic() > self.deadline:
                     self.signal_children(signal.SIGKILL)
                 continue
-            self.children.discard(pid)
+            slot = self.children.pop(pid)
+            if self.on_exit is not None:
+                self.on_exit(slot)
             if not self.stopping:
                 print(f"worker {pid} exited ({_describe(status)}); starting another",
                       file=sys.stderr, flush=True)
@@ -89,7 +93,7 @@ class Master:
                 if self.before_restart is not None:
                     self.before_restart()
                 if not self.stopping:
-                    self.spawn()
+                    self.spawn(slot)
 
 
 def _describe(status):

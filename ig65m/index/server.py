@@ -27,7 +27,7 @@ from werkzeug.exceptions import Conflict, HTTPException, NotFound
 from ig65m.errors import Ig65mError
 from ig65m.index import web
 from ig65m.index.batching import Batcher
-from ig65m.index.front import Front
+from ig65m.index.front import Front, Loads
 from ig65m.index.live import LiveIndex
 from ig65m.index.middleware import AccessLog, Cors
 from ig65m.index.prefork import Master
@@ -207,9 +207,11 @@ def serve(index_dir, options=None):
         _run_worker(sock, options, omp, live, master=None)
         return
     master = os.getpid()
+    loads = Loads(options.workers)
     # workers are forked with the index loaded here: they share its mapped pages and metadata
-    Master(options.workers, lambda: _run_worker(sock, options, omp, live, master=master),
-           before_restart=lambda: _reload_quietly(live)).run()
+    Master(options.workers,
+           lambda slot: _run_worker(sock, options, omp, live, master=master, loads=(loads, slot)),
+           before_restart=lambda: _reload_quietly(live), on_exit=loads.leave).run()
 
 
 def _reload_quietly(live):
@@ -220,7 +222,7 @@ def _reload_quietly(live):
         print(f"warning: keeping the loaded index: {err}", file=sys.stderr, flush=True)
 
 
-def _run_worker(sock, options, omp, live, master=None):
+def _run_worker(sock, options, omp, live, master=None, loads=None):
     def reload_all():  # with workers, the master passes SIGHUP on to every one of them
         if master is not None:
             os.kill(master, signal.SIGHUP)
@@ -244,10 +246,12 @@ def _run_worker(sock, options, omp, live, master=None):
                   idle_timeout=options.idle_timeout,
                   max_connections=options.max_connections,
                   other_connections=lambda: len(server._map) - 2,  # less its socket and trigger
-                  access_log=options.access_log, cors=bool(options.cors_origins))
+                  access_log=options.access_log, cors=bool(options.cors_origins), loads=loads)
     _handle_signals(live)
     live.watch()
     threading.Thread(target=server.run, name="waitress", daemon=True).start()
+    if master is not None:
+        print(f"worker {os.getpid()} ready", file=sys.stderr, flush=True)
     try:
         front.run()
     except KeyboardInterrupt:
