@@ -2,10 +2,13 @@
 
     feature files ──► shards of about equal rows ──► workers (processes, or Ray tasks): each adds
     its shard to a copy of the trained IVF index, ids = global clip ids ──► shard_i.faiss
-    ──► Faiss OnDiskInvertedLists.merge_from_multiple ──► index.faiss + index.ivfdata
+    ──► calibration (searching the shard files in turn) ──► merge: an OnDiskInvertedLists laid
+    out at its final list sizes, each shard's lists written into place ──► index.faiss +
+    index.ivfdata
 
-Each worker holds one shard, and the merge streams memory-mapped lists into the on-disk lists, so
-the memory a build needs follows the shard size, not the collection. The result is an ordinary
+Each worker holds one shard, and calibration and the merge hold one shard at a time, so the memory
+a build needs follows the shard size, not the collection (its resident pages of memory-mapped
+files included: feature files and lists are read and written with plain file I/O). The result is an ordinary
 index directory (see build.py) plus `trained.faiss` (the empty trained index, for --append) and
 `index.ivfdata` (the inverted lists, memory-mapped when the index is loaded; `index.faiss` names
 it by its final absolute path). `--append` adds the new files as new shards and merges them with
