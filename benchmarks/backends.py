@@ -54,8 +54,9 @@ def prepared(extractor, video, count):
 
 def runners_for(extractor, names, threads, calibration, batch):
     """{name: Runner} built for the clip shape at `threads`; `auto` measured in a fresh cache."""
-    target = Target(extractor.embedder, extractor.spec.name, extractor.weights_sha256,
-                    tuple(batch.shape[1:]), extractor.device, threads, lambda: calibration)
+    target = Target(lambda: extractor.embedder, extractor.spec.name, extractor.weights_sha256,
+                    extractor.pooling, tuple(batch.shape[1:]), extractor.device, threads,
+                    lambda: calibration)
     built = {}
     for name in names:
         try:

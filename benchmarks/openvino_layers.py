@@ -30,8 +30,9 @@ from ig65m.extract import Extractor
 
 
 def model_file(extractor, precision, calibration, clips):
-    target = Target(extractor.embedder, extractor.spec.name, extractor.weights_sha256,
-                    tuple(clips.shape[1:]), extractor.device, None, lambda: calibration)
+    target = Target(lambda: extractor.embedder, extractor.spec.name, extractor.weights_sha256,
+                    extractor.pooling, tuple(clips.shape[1:]), extractor.device, None,
+                    lambda: calibration)
     if precision == "int8":
         return build("openvino-int8", target).file
     return onnx_file(target)

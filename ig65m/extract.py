@@ -52,12 +52,14 @@ class Extractor:
     `onnx`: an exported embedder to run with "onnxruntime" or "openvino" instead of torch weights
     (none are loaded). `threads`: intra-op threads of every backend (None: torch's setting, one per
     core unless changed). `calibration`: videos or folders whose clips calibrate INT8 and check the
-    accuracy gate (None: the source being extracted, when it is a file).
+    accuracy gate (None: the source being extracted, when it is a file). `weights_sha256`: the
+    sha256 the weights are known to have (a Ray driver's, for its model actors): the torch model
+    is then built only when a backend needs it, and auto's cached ONNX/OpenVINO choice does not.
     """
 
     def __init__(self, model=DEFAULT_MODEL, weights=None, *, device=None, pool_spatial="mean",
                  pool_temporal="mean", backend=None, onnx=None, threads=None, calibration=None,
-                 progress=True):
+                 progress=True, weights_sha256=None):
         self.backend = backend or default_backend()
         if self.backend not in BACKENDS:
             raise Ig65mError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -75,10 +77,27 @@ class Extractor:
         if onnx is not None:
             self._open_onnx(onnx)
             return
-        self.onnx = None
-        network, self.weights_sha256 = get_model(model, weights, progress=progress)
-        self.embedder = ClipEmbedder(network, pool_spatial=pool_spatial,
-                                     pool_temporal=pool_temporal).to(self.device).eval()
+        self.onnx, self._weights, self._embedder = None, weights, None
+        self.weights_sha256 = weights_sha256
+        if weights_sha256 is None:
+            self._load_embedder()
+
+    @property
+    def embedder(self):
+        """The torch ClipEmbedder (None with `onnx`), built here on first use when the weights'
+        sha256 was given."""
+        if self._embedder is None and self.onnx is None:
+            self._load_embedder()
+        return self._embedder
+
+    def _load_embedder(self):
+        network, sha256 = get_model(self.spec.name, self._weights, progress=self.progress)
+        if self.weights_sha256 not in (None, sha256):
+            raise Ig65mError(f"weights {self._weights} have sha256 {sha256} here, not "
+                             f"{self.weights_sha256}: every node must see the same weights")
+        self.weights_sha256 = sha256
+        self._embedder = ClipEmbedder(network, pool_spatial=self.pooling[0],
+                                      pool_temporal=self.pooling[1]).to(self.device).eval()
 
     def _open_onnx(self, path):
         """Run an exported file: no torch weights are loaded (or downloaded); the sidecar records
@@ -89,7 +108,7 @@ class Extractor:
             raise Ig65mError(f"--onnx runs with --backend onnxruntime or openvino, not {self.backend}")
         if not Path(path).is_file():
             raise Ig65mError(f"ONNX model not found: {path}")
-        self.embedder, self.weights_sha256 = None, None
+        self._embedder, self.weights_sha256 = None, None
         self.onnx = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
         if self.backend == "onnxruntime":
             from ig65m.convert.onnx import OnnxBackend
@@ -118,8 +137,8 @@ class Extractor:
                 clips = self._clip_set(source, settings, format, for_gate=True)
                 return None if clips is None else clips.tensor(clips.count)
 
-            target = Target(self.embedder, self.spec.name, self.weights_sha256, clip_shape,
-                            self.device, self.threads, calibration)
+            target = Target(lambda: self.embedder, self.spec.name, self.weights_sha256,
+                            self.pooling, clip_shape, self.device, self.threads, calibration)
             self._runners[clip_shape] = choose(self.backend, target, gate_clips, batch_size)
         self.runner = self._runners[clip_shape]
         return self.runner

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ig65m.defaults import default_backend
 from ig65m.errors import Ig65mError
 from ig65m.extract import CLIP_OPTIONS, Extractor
 from ig65m.fileio import FeatureWriter
@@ -66,16 +67,27 @@ def worker_layout(resources, workers):
 
 
 class _Embedder:
-    """A model actor: one Extractor, batches of preprocessed clips -> features."""
+    """A model actor: batches of preprocessed clips -> features.
 
-    def __init__(self, model_kwargs):
-        self.extractor = Extractor(**model_kwargs, progress=False)
+    It is created before the driver loads its own model, so that its process starts and imports
+    meanwhile; `load` then builds its Extractor with the driver's weights sha256, which builds the
+    torch model only when the backend needs it (auto's cached ONNX/OpenVINO choice does not)."""
 
-    def embed(self, clips, batch_size, source, settings):
+    def __init__(self):
+        self.extractor = None
+
+    def load(self, model_kwargs, weights_sha256):
+        if self.extractor is None:
+            self.extractor = Extractor(**model_kwargs, weights_sha256=weights_sha256,
+                                       progress=False)
+
+    def embed(self, clips, batch_size, source, settings, load_args):
         """-> (features, the backend that ran them). The backend is chosen as single-process
-        extract chooses it: on the first batch, gated on clips of `source` cut with `settings`."""
+        extract chooses it: on the first batch, gated on clips of `source` cut with `settings`.
+        `load_args`: those of `load`, for an actor restarted since (Ray runs only __init__)."""
         import torch
 
+        self.load(*load_args)
         tensor = torch.from_numpy(np.array(clips))  # a writable copy of the object-store array
         rows = [self.extractor.run(tensor[i:i + batch_size], source, settings)[1]
                 for i in range(0, len(tensor), batch_size)]
@@ -110,27 +122,44 @@ def run_ray_job(jobs, output_dir, model_kwargs, run_kwargs, options, *, overwrit
         raise Ig65mError("--ray runs RGB models; extract flow models without --ray")
     if any(is_live(source, run_kwargs.get("format")) for source, _ in jobs):
         raise Ig65mError("--ray runs video files; extract cameras and live inputs without --ray")
-    # the driver's own model copy: the weights sha256 and the sidecar, as single-process writes it
-    extractor = Extractor(**dict(model_kwargs, device="cpu"), progress=False)
-    manifest = JobManifest(output_dir, job_settings(extractor, run_kwargs),
-                           extractor.weights_sha256)
+    started = start_ray(ray, options.address)
     try:
-        pending = select_pending(jobs, manifest, overwrite, say)
-        if not pending:
-            say("0 done, 0 failed, %d skipped" % len(jobs))
-            return [], 0
-        started = start_ray(ray, options.address)
+        # the actors start (their processes import torch and ig65m) while the driver loads its
+        # own model copy: the weights sha256 and the sidecar, as single-process writes them
+        actors, actor_kwargs = _start_actors(ray, model_kwargs, options.workers)
+        extractor = Extractor(**dict(model_kwargs, device="cpu"), progress=False)
+        manifest = JobManifest(output_dir, job_settings(extractor, run_kwargs),
+                               extractor.weights_sha256)
         try:
-            job = _RayJob(ray, extractor, model_kwargs, run_kwargs, options, manifest, emit, say,
-                          progress)
+            pending = select_pending(jobs, manifest, overwrite, say)
+            if not pending:
+                say("0 done, 0 failed, %d skipped" % len(jobs))
+                return [], 0
+            load_args = (actor_kwargs, extractor.weights_sha256)
+            for actor in actors:
+                actor.load.remote(*load_args)
+            job = _RayJob(ray, extractor, actors, load_args, run_kwargs, options, manifest, emit,
+                          say, progress)
             bar = job.run(pending)
         finally:
-            if started:
-                ray.shutdown()
+            manifest.close()
     finally:
-        manifest.close()
+        if started:
+            ray.shutdown()
     say(bar.summary(len(jobs) - len(pending)))
     return bar.failed_sources, len(pending)
+
+
+def _start_actors(ray, model_kwargs, workers):
+    """Create the model actors (not loaded yet) -> (actors, the model options they load)."""
+    workers, gpus, threads = worker_layout(ray.cluster_resources(), workers)
+    actor = ray.remote(_Embedder).options(
+        num_gpus=gpus, num_cpus=1 if gpus else 0, scheduling_strategy="SPREAD",
+        max_restarts=2, max_task_retries=2)
+    # the driver's backend name ($IG65M_BACKEND is read here, not on the nodes) and threads
+    actor_kwargs = dict(model_kwargs, backend=model_kwargs.get("backend") or default_backend(),
+                        threads=model_kwargs.get("threads") or (None if gpus else threads))
+    return [actor.remote() for _ in range(workers)], actor_kwargs
 
 
 class _Video:
@@ -143,9 +172,10 @@ class _Video:
 
 
 class _RayJob:
-    def __init__(self, ray, extractor, model_kwargs, run_kwargs, options, manifest, emit, say,
-                 progress):
+    def __init__(self, ray, extractor, actors, load_args, run_kwargs, options, manifest, emit,
+                 say, progress):
         self.ray, self.extractor, self.run_kwargs = ray, extractor, run_kwargs
+        self.actors, self.load_args = actors, load_args
         self.manifest, self.emit, self.say, self.progress = manifest, emit, say, progress
         # the resolved clip settings (ig65m.preprocess.Preprocess), as single-process extract uses
         self.settings = extractor.settings(**{key: run_kwargs.get(key) for key in CLIP_OPTIONS},
@@ -155,14 +185,6 @@ class _RayJob:
             raise Ig65mError(f"--batch-size must be positive, got {self.batch_size}")
         self.clips_per_task = options.clips_per_task or clips_per_part(self.settings,
                                                                        self.batch_size)
-        workers, gpus, threads = worker_layout(ray.cluster_resources(), options.workers)
-        actor = ray.remote(_Embedder).options(
-            num_gpus=gpus, num_cpus=1 if gpus else 0, scheduling_strategy="SPREAD",
-            max_restarts=2, max_task_retries=2)
-        # the driver's backend name ($IG65M_BACKEND is read here, not on the nodes) and threads
-        actor_kwargs = dict(model_kwargs, backend=extractor.backend,
-                            threads=model_kwargs.get("threads") or (None if gpus else threads))
-        self.actors = [actor.remote(actor_kwargs) for _ in range(workers)]
         self.plan_task = ray.remote(num_cpus=1, max_retries=0)(_plan)
         self.decode_task = ray.remote(num_cpus=1, max_retries=0)(_decode)
 
@@ -185,8 +207,8 @@ class _RayJob:
                 clips = self.decode_task.remote(video.source, video.parts[number],
                                                 self.extractor.spec.name, self.settings,
                                                 self.run_kwargs)
-                running[actor.embed.remote(clips, self.batch_size, video.source,
-                                           self.settings)] = (video, number, actor)
+                running[actor.embed.remote(clips, self.batch_size, video.source, self.settings,
+                                           self.load_args)] = (video, number, actor)
                 load[actor] += 1
             if not planning and not running:
                 continue

@@ -9,6 +9,7 @@ import pytest
 import torch.nn as nn
 from click.testing import CliRunner
 
+from ig65m import extract
 from ig65m.backends import cache, clipset, gate, select
 from ig65m.backends.openvino import has_bf16
 from ig65m.backends.ort import providers
@@ -180,6 +181,32 @@ def test_auto_picks_caches_and_is_invalidated(video, monkeypatch, capsys):
     assert len(measured) == 3  # another OpenVINO: measured again
     table = CliRunner().invoke(main, ["models", "--backends"])
     assert table.exit_code == 0 and TINY in table.output and "*" in table.output
+
+
+def test_a_known_weights_sha256_runs_auto_cached_conversion_without_the_torch_model(
+        video, monkeypatch):
+    """What a Ray model actor does with its driver's weights sha256: auto's cached choice, a
+    converted model, runs without building the torch model; a backend that needs torch builds it
+    then, and weights that are not those of the sha256 are refused."""
+    monkeypatch.setattr(select, "AUTO_CANDIDATES", ("openvino",))
+    first = Extractor(TINY, "random:3", backend="auto", progress=False)
+    expected, _ = first.features(video, max_clips=4, **CLIPS)
+    built, real = [], extract.get_model
+    monkeypatch.setattr(extract, "get_model", lambda *a, **k: built.append(a) or real(*a, **k))
+
+    def run(weights, backend):
+        return Extractor(TINY, weights, backend=backend, weights_sha256=first.weights_sha256,
+                         progress=False).features(video, max_clips=4, **CLIPS)
+
+    features, meta = run("random:3", "auto")
+    assert not built and np.array_equal(features, expected)
+    assert (meta["backend"], meta["weights_sha256"]) == ("openvino", first.weights_sha256)
+    features, _ = run("random:3", "torch")
+    assert len(built) == 1
+    assert np.array_equal(features, Extractor(TINY, "random:3", backend="torch", progress=False)
+                          .features(video, max_clips=4, **CLIPS)[0])
+    with pytest.raises(Ig65mError, match="every node must see the same weights"):
+        run("random:4", "torch")
 
 
 def test_auto_key_tells_cpus_with_the_same_name_but_other_kernels_apart(tmp_path):

@@ -181,12 +181,15 @@ def test_append_in_shards_to_a_one_shot_index_is_refused(tmp_path):
 @pytest.mark.parametrize("key", ["IVF16,Flat", "PCA16,IVF16,Flat", "IVF16,SQ8"])
 def test_shards_find_what_a_one_shot_build_finds(tmp_path, key):
     """Workers place each row in its list themselves (lists allocated at their final size): the
-    lists must equal those of Faiss's own add, also behind a transform and with encoded codes."""
+    lists must equal those of Faiss's own add, also behind a transform and with encoded codes.
+    Calibration, which searches the shard files one at a time, finds what the whole index finds."""
     paths = [write(tmp_path, name, small_clustered(700, 32, seed)) for seed, name in enumerate("abc")]
     one = build_index(paths, tmp_path / "one", index_key=key, progress=False)
     sharded = build_index(paths, tmp_path / "sharded", index_key=key, progress=False,
                           sharding=ShardOptions(shards=3, workers=2))
     assert one["count"] == sharded["count"] == 2100
+    assert sharded["search_default"] == one["search_default"]
+    assert sharded["calibrated_recall"] == pytest.approx(one["calibrated_recall"])
     queries = small_clustered(50, 32, 9)
     found = []
     for name in ("one", "sharded"):

@@ -29,13 +29,16 @@ def say(message):
 class Target:
     """What a backend is built for: the embedder and where and how it will run.
 
+    `load_embedder`: a callable returning the torch ClipEmbedder, called only when a backend needs
+    it (torch, an export, the gate): a converted model already in the cache runs without it.
     `calibration`: a callable returning the calibration ClipSet (or None when there is none);
     only INT8 calls it.
     """
 
-    embedder: torch.nn.Module
+    load_embedder: Callable
     model: str
     weights_sha256: str | None
+    pooling: tuple  # (spatial, temporal), as the embedder pools
     clip_shape: tuple  # (C, T, H, W)
     device: torch.device = torch.device("cpu")
     threads: int | None = None
@@ -43,9 +46,13 @@ class Target:
     int8_model: str | None = None  # a quantized model already gated (auto's cached choice)
     _scratch: list = field(default_factory=list)
 
+    @property
+    def embedder(self):
+        return self.load_embedder()
+
     def key(self, *extra):
-        pooling = (self.embedder.pool_spatial, self.embedder.pool_temporal)
-        return cache.model_key(self.model, self.weights_sha256, pooling, self.clip_shape, extra)
+        return cache.model_key(self.model, self.weights_sha256, self.pooling, self.clip_shape,
+                               extra)
 
     def file(self, suffix, *extra):
         """A cache path for a converted model, or a scratch path when it must not be cached."""

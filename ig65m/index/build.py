@@ -134,16 +134,23 @@ def _accumulate_truth(truth, chunk, first_id, metric):
     heap.add_result(distances, ids + first_id)
 
 
-def calibrate(index, queries, query_ids, truth_ids, k=10, target=DEFAULT_TARGET_RECALL):
+def calibrate(index, queries, query_ids, truth_ids, k=10, target=DEFAULT_TARGET_RECALL,
+              search=None):
     """Smallest search breadth (IVF nprobe / HNSW efSearch) reaching `target` recall@k on collection
-    samples, the query itself left out -> (parameter name or None, value or None, recall or None)."""
+    samples, the query itself left out -> (parameter name or None, value or None, recall or None).
+    `search(name, value, queries, k)` -> found ids: how to search at that breadth (None: set it on
+    `index` and search `index`)."""
     name, candidates = search_knob(index)
     if name is None or len(queries) == 0:
         return None, None, None
-    space = faiss.ParameterSpace()
+    if search is None:
+        space = faiss.ParameterSpace()
+
+        def search(name, value, queries, k):
+            space.set_index_parameter(index, name, value)
+            return index.search(queries, k)[1]
     for value in candidates:
-        space.set_index_parameter(index, name, value)
-        _, found = index.search(queries, k + 1)
+        found = search(name, value, queries, k + 1)
         recall = recall_at_k(found, truth_ids, query_ids, k)
         if recall >= target:
             break

@@ -101,13 +101,25 @@ def iter_chunks(files, chunk_rows=CHUNK_ROWS):
     for item in files:
         features = item.features()
         for first in range(0, item.rows, chunk_rows):
-            # a copy: the file is mapped read-only and cosine normalises chunks in place
-            chunk = np.array(features[first:first + chunk_rows], dtype=np.float32, order="C")
+            chunk = _read_rows(features, first, min(chunk_rows, item.rows - first))
             bad = ~np.isfinite(chunk).all(axis=1)
             if bad.any():
                 row = first + int(np.argmax(bad))
                 raise Ig65mError(f"{item.path}: clip {row} has NaN or infinite features")
             yield item, first, chunk
+
+
+def _read_rows(features, first, count):
+    """Rows [first, first + count) of the memory-mapped `features`, as a float32 C-contiguous copy
+    (the file is mapped read-only, and cosine normalises chunks in place). A C-ordered file is
+    read with a plain file read, not through the mapping: a pass over a file then leaves no mapped
+    pages resident in the process (a 1 GiB shard of 512-d features kept 0.1-0.3 GiB of them)."""
+    if not isinstance(features, np.memmap) or not features.flags.c_contiguous:
+        return np.array(features[first:first + count], dtype=np.float32, order="C")
+    row_bytes = features.dtype.itemsize * features.shape[1]
+    rows = np.fromfile(features.filename, dtype=features.dtype, count=count * features.shape[1],
+                       offset=features.offset + first * row_bytes)
+    return np.ascontiguousarray(rows.reshape(count, features.shape[1]), dtype=np.float32)
 
 
 def sample_rows(files, count, seed=0):
