@@ -3,8 +3,8 @@ connection, answers `POST /search` itself, and hands every other connection to w
 
 Why a loop of our own: behind waitress a raw single query cost 680-730 µs of server CPU, of which
 Faiss took about 250; the rest was waitress's parser, task and buffers and the hand-offs between
-its event thread and its worker threads. This loop answers the same request for about 130 µs beside
-the search, and its batching needs no window: every search request that is complete after one
+its event thread and its worker threads. This loop spends about 65 µs of CPU on a request beside
+the search. It batches what the sockets bring: every search request that is complete after one
 poll of the sockets goes to Faiss in one call per (k, breadth), at most `max_rows` rows a call (so
 a batched query takes the same exact-distance code as one searched alone, see batching.py). Under
 load the next poll finds the requests that arrived during a search, so batches grow with the load;
@@ -19,8 +19,8 @@ its headers), and its body is either raw float32 (`Content-Type: application/oct
 parameters, at most `max_rows` vectors, options in the query string, each once: k, nprobe, format,
 group_by, min_score, exclude) or JSON (`Content-Type: application/json`, at most the bytes of
 `max_rows` vectors written out; a longer one searches alone).
-Anything else, at the first byte that shows it (the page, JSON searches, uploads, media, a
-malformed or unusual request), moves the connection and every byte of it not yet answered to
+Anything else, at the first byte that shows it (the page, uploads, media, `/healthz`, a malformed
+or unusual request), moves the connection and every byte of it not yet answered to
 waitress, once the front's answers on it are sent, so answers keep their order. Both paths parse
 and answer with the same functions (`protocol.py`, `server.search_answer`), so they give the same
 answers and errors.
