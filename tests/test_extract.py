@@ -190,8 +190,11 @@ def test_bad_options(tmp_path, weights):
 
 def _start(args, cwd):
     command = [sys.executable, "-m", "ig65m", "extract", *map(str, args)]
+    # Ctrl-C's default action in the child even when this run was started with SIGINT ignored
+    # (a background job of a non-interactive shell is): Python then installs no KeyboardInterrupt
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                               text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = threading.Event()
     log = []
 
