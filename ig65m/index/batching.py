@@ -104,16 +104,23 @@ class Batcher:
     def _run(batch):
         first = batch[0]
         try:
-            vectors = first.vectors if len(batch) == 1 else np.concatenate([j.vectors for j in batch])
-            distances, ids = first.searcher.search_arrays(vectors, first.k, first.breadth)
+            answers = search_together(first.searcher, [job.vectors for job in batch], first.k,
+                                      first.breadth)
         except Exception as err:  # every request of the batch gets the error, none hangs
             for queued in batch:
                 queued.error = err
                 queued.done.set()
             return
-        row = 0
-        for queued in batch:
-            rows = len(queued.vectors)
-            queued.answer = distances[row:row + rows], ids[row:row + rows]
-            row += rows
+        for queued, found in zip(batch, answers):
+            queued.answer = found
             queued.done.set()
+
+
+def search_together(searcher, parts, k, breadth):
+    """The vectors of several queries (`parts`, arrays (n_i, D)) searched in one Faiss call ->
+    [(distances, ids)] of each part, in order."""
+    vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    distances, ids = searcher.search_arrays(vectors, k, breadth)
+    ends = np.cumsum([len(part) for part in parts]).tolist()
+    return [(distances[end - len(part):end], ids[end - len(part):end])
+            for part, end in zip(parts, ends)]

@@ -41,13 +41,13 @@ from http import HTTPStatus
 from urllib.parse import parse_qsl
 
 import faiss
-import numpy as np
 import orjson
 from werkzeug.exceptions import HTTPException
 
-from ig65m.index.batching import default_max_rows
+from ig65m.index.batching import default_max_rows, search_together
 from ig65m.index.middleware import write_access_line
-from ig65m.index.protocol import check_token, parse_json, parse_raw
+from ig65m.index.protocol import (JSON_NUMBER_BYTES, JSON_OPTIONS, check_token, parse_json,
+                                  parse_raw)
 
 RAW_PARAMS = frozenset({"k", "nprobe", "format", "group_by", "min_score", "exclude"})
 PREFIX = b"POST /search"
@@ -55,8 +55,6 @@ MAX_HEAD = 16384  # bytes of request line and headers the front reads before it 
 RECV_BYTES = 262144
 HANDOFF_HEADERS = frozenset({b"transfer-encoding", b"expect"})
 RAW, JSON = b"application/octet-stream", b"application/json"
-JSON_NUMBER_BYTES = 24  # a float32 written out in JSON, at most, with its comma
-JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 log = logging.getLogger("ig65m.index.server")
 
@@ -357,26 +355,20 @@ class Front:
                 self._flush(conn)
 
     def _search(self, current, group, k, breadth, answers):
-        rows = [query.vectors for _, query in group]
         try:
-            distances, ids = current.search_arrays(
-                rows[0] if len(rows) == 1 else np.concatenate(rows), k, breadth)
+            found = search_together(current, [query.vectors for _, query in group], k, breadth)
         except Exception as err:
             for request, _ in group:
                 answers[request] = _failure(err)
             return
-        row = 0
-        for request, query in group:
-            count = len(query.vectors)
+        for (request, query), (distances, ids) in zip(group, found):
             try:
-                payload = self.answer(current, query, distances[row:row + count],
-                                      ids[row:row + count])
+                payload = self.answer(current, query, distances, ids)
                 answers[request] = (200, orjson.dumps(payload, option=JSON_OPTIONS), ())
             except HTTPException as err:  # e.g. a bad group_by or min_score
                 answers[request] = _error(err)
             except Exception as err:
                 answers[request] = _failure(err)
-            row += count
 
     def _queue(self, request, status, body, extra):
         conn = request.conn

@@ -15,10 +15,14 @@ from ig65m.defaults import MAX_K, MAX_VECTORS
 MAX_BREADTH = 65536
 FORMATS = ("full", "compact")  # compact: {"ids", "distances"} arrays, no metadata
 DTYPES = ("float32", "<f4", "f4")
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # every answer's encoding
+
+JSON_NUMBER_BYTES = 24  # a float32 written out in JSON, at most, with its comma
+
 
 def default_body_cap(dimension, max_vectors=MAX_VECTORS):
-    """Bytes allowed in a request: `max_vectors` vectors written as JSON (~24 chars a number)."""
-    return max(1 << 20, max_vectors * dimension * 24 + 65536)
+    """Bytes allowed in a request: `max_vectors` vectors written as JSON."""
+    return max(1 << 20, max_vectors * dimension * JSON_NUMBER_BYTES + 65536)
 
 
 def check_token(given, token):

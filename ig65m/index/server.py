@@ -32,7 +32,7 @@ from ig65m.index.live import LiveIndex
 from ig65m.index.middleware import AccessLog, Cors
 from ig65m.index.prefork import Master
 from ig65m.index.protocol import (  # noqa: F401 (MAX_K, MAX_VECTORS: the server's limits, imported from here)
-    MAX_K, MAX_VECTORS, answer, check_token, default_body_cap, parse_search)
+    JSON_OPTIONS, MAX_K, MAX_VECTORS, answer, check_token, default_body_cap, parse_search)
 
 log = logging.getLogger("ig65m.index.server")
 
@@ -47,7 +47,7 @@ def omp_threads_for(workers, cores=None):
 class JSONProvider(DefaultJSONProvider):
     """Flask's JSON answers through orjson (numpy arrays included): 5-10x faster encoding."""
 
-    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    options = JSON_OPTIONS
 
     def dumps(self, obj, **kwargs):
         return orjson.dumps(obj, default=self.default, option=self.options).decode()
