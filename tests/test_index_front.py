@@ -276,6 +276,27 @@ def test_a_pipelined_burst_is_answered_like_single_searches(served):
         assert status == 200 and got["ids"] == ids.tolist() and got["distances"] == distances.tolist()
 
 
+def test_more_distinct_heads_than_the_front_keeps_are_each_answered_by_their_own(served):
+    """The front keeps parsed request heads (HEAD_CACHE of them): 300 heads that differ only in
+    k and the token, 2 rounds on one connection, each get k results, and the wrong token 401,
+    whichever heads are kept when."""
+    from ig65m.index.front import HEAD_CACHE
+    process, port, searcher, vectors = served
+    ks = list(range(1, 301))
+    assert len(ks) > HEAD_CACHE
+    with connect(port) as sock:
+        for _ in range(2):
+            for k in ks:
+                auth = AUTH if k % 7 else "Authorization: Bearer wrong\r\n"
+                sock.sendall(raw_search(vectors[k], query=f"k={k}&format=compact", headers=auth))
+                (status, _, body), = read_answers(sock, 1)
+                if k % 7:
+                    assert status == 200 and len(json.loads(body)["ids"][0]) == k
+                    assert json.loads(body)["ids"][0][0] == k  # its own vector
+                else:
+                    assert status == 401
+
+
 def test_json_and_grouped_searches_answer_as_the_flask_route(served, tmp_path):
     """JSON bodies and `group_by` (raw and JSON) answered by the front equal the Flask route's
     answers to the same requests (signed media URLs aside: they carry their own expiry)."""

@@ -119,8 +119,9 @@ class Batcher:
 def search_together(searcher, parts, k, breadth):
     """The vectors of several queries (`parts`, arrays (n_i, D)) searched in one Faiss call ->
     [(distances, ids)] of each part, in order."""
-    vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    distances, ids = searcher.search_arrays(vectors, k, breadth)
+    if len(parts) == 1:
+        return [searcher.search_arrays(parts[0], k, breadth)]
+    distances, ids = searcher.search_arrays(np.concatenate(parts), k, breadth)
     ends = np.cumsum([len(part) for part in parts]).tolist()
     return [(distances[end - len(part):end], ids[end - len(part):end])
             for part, end in zip(parts, ends)]

@@ -9,6 +9,7 @@ little-endian float32 body with `?k=&nprobe=`; `format` "compact" answers ids an
 would be a bug.
 """
 
+import functools
 import logging
 import os
 import signal
@@ -98,7 +99,8 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
         query = parse_search(request, current.dimension)
         faiss.omp_set_num_threads(omp_threads)  # per thread: OpenMP settings are thread-local
         distances, ids = batcher.search(current, query.vectors, query.k, query.breadth)
-        return app.json.response(search_answer(current, query, distances, ids))
+        return app.json.response(search_answer(current, query, distances, ids,
+                                               app.extensions["ig65m.signer"]))
 
     @app.get("/clips/<int:clip_id>")
     def clip(clip_id):
@@ -121,12 +123,12 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
     return app
 
 
-def search_answer(current, query, distances, ids):
+def search_answer(current, query, distances, ids, signer):
     """The JSON object answering a /search `query` (the Flask route's and the front's): grouped by
-    video when it asks (`group_by`, see web.group_results: needs the app's context), else
+    video when it asks (`group_by`, see web.group_results; `signer` makes its media URLs), else
     protocol.answer's."""
     if query.params.get("group_by") is not None:
-        return web.group_results(current, current.results(distances, ids), query.params)
+        return web.group_results(current, current.results(distances, ids), query.params, signer)
     return answer(current, query, distances, ids)
 
 
@@ -241,7 +243,8 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
     front = Front(sock, live, lambda conn, addr, data: _adopt(server, conn, addr, data),
-                  answer=search_answer, context=app.app_context, token=options.token,
+                  answer=functools.partial(search_answer, signer=app.extensions["ig65m.signer"]),
+                  token=options.token,
                   omp_threads=omp, batch_window=options.batch_window_ms / 1000,
                   idle_timeout=options.idle_timeout,
                   max_connections=options.max_connections,

@@ -118,7 +118,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
             raise NotFound(f"no clip with id {body['id']}")
         vector = clip_vector(current, meta)
         exclude = meta["path"] if body.get("exclude_own") else None
-        answer = page_search(current, vector, body, exclude=exclude)
+        answer = page_search(current, vector, body, signer, exclude=exclude)
         return jsonify(dict(answer, query={key: meta[key] for key in ("id", "path", "start", "end")}))
 
     @web.post("/search/video")
@@ -143,7 +143,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         except Busy as err:
             return jsonify(error=str(err)), 503
         searched = time.perf_counter()
-        answer = page_search(current, vectors, form, query_times=times)
+        answer = page_search(current, vectors, form, signer, query_times=times)
         seconds["search"] = time.perf_counter() - searched
         return jsonify(dict(answer, query={"clips": len(vectors), "seconds": seconds}))
 
@@ -200,7 +200,7 @@ def clip_vector(searcher, meta):
         raise NotFound(f"the features of clip {meta['id']} are not available") from None
 
 
-def page_search(searcher, vectors, options, *, query_times=None, exclude=None):
+def page_search(searcher, vectors, options, signer, *, query_times=None, exclude=None):
     """The page's searches: `options` "k" counts videos (CLIPS_PER_VIDEO clip neighbours are asked
     of Faiss per video wanted), "min_score", "nprobe" -> {"videos": [...]}."""
     k = _number(options.get("k", 10), "k", int, 1, MAX_VIDEOS)
@@ -208,13 +208,15 @@ def page_search(searcher, vectors, options, *, query_times=None, exclude=None):
     breadth = None if breadth in (None, "") else _number(breadth, "nprobe", int, 1, 65536)
     clip_k = min(1000, max(k * CLIPS_PER_VIDEO, 50), searcher.count)
     results = searcher.search(np.atleast_2d(vectors), clip_k, breadth)
-    return group_results(searcher, results, options, query_times=query_times, exclude=exclude,
-                         limit=k)
+    return group_results(searcher, results, options, signer, query_times=query_times,
+                         exclude=exclude, limit=k)
 
 
-def group_results(searcher, results, options, *, query_times=None, exclude=None, limit=None):
+def group_results(searcher, results, options, signer, *, query_times=None, exclude=None,
+                  limit=None):
     """Hits of `searcher.search` grouped by video (grouping.py) -> {"videos": [...]}, each with
-    `media` and segment `thumb` URLs (signed when the server has a token). `options` may hold
+    `media` and segment `thumb` URLs (by `signer`, a UrlSigner: signed when the server has a
+    token). `options` may hold
     "group_by" ("video"), "min_score", "exclude" (a video path) and "query_times" ([[s, e]...])."""
     group_by = options.get("group_by", "video")
     if group_by not in grouping.GROUP_BYS:
@@ -226,7 +228,6 @@ def group_results(searcher, results, options, *, query_times=None, exclude=None,
     videos = grouping.group_by_video(results, metric=searcher.metric, query_times=query_times,
                                      exclude=exclude or options.get("exclude"),
                                      min_score=min_score, limit=limit)
-    signer = current_app.extensions.get("ig65m.signer") or UrlSigner(None)
     for video in videos:
         video["name"] = os.path.basename(video["path"] or "")
         video["media"] = signer.url(f"/media/{video['best']['id']}")
