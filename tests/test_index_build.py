@@ -110,6 +110,26 @@ def test_metadata_from_sidecars_or_file_names(tmp_path):
         [INDEX_FILE, METADATA_FILE, MANIFEST_FILE])
 
 
+def test_search_results_carry_each_hits_metadata_and_leave_out_faiss_padding(tmp_path):
+    """Searcher.results (ClipTable.hits) gives every hit its clip's metadata (as `clip` gives it)
+    and its distance, rows of several queries apart, and drops the -1 ids Faiss pads rows with
+    when k is more than the clips; times that were never recorded read None."""
+    a, b = clustered(4, 8, 1), clustered(3, 8, 2)
+    write(tmp_path, "a", a, source="/videos/cat.mp4")
+    write(tmp_path, "b", b, sidecar=False)
+    build_index([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "idx", progress=False)
+    searcher = Searcher(tmp_path / "idx")
+    distances, ids = searcher.search_arrays(np.stack([a[1], b[2]]), 10)
+    assert (ids == -1).sum() == 6  # 7 clips, k = 10
+    rows = searcher.results(distances, ids)
+    assert [len(row) for row in rows] == [7, 7]
+    assert rows[0][0]["id"] == 1 and rows[1][0]["id"] == 6
+    for row, row_distances in zip(rows, distances):
+        for hit, distance in zip(row, row_distances):
+            assert hit == dict(searcher.clip(hit["id"]), distance=float(distance))
+    assert rows[1][0]["start"] is None and rows[0][0]["start"] == 0.5
+
+
 def test_append_adds_new_files_and_skips_known_ones(tmp_path):
     first, second = clustered(200, 16, 1), clustered(150, 16, 2)
     write(tmp_path, "first", first)

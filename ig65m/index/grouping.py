@@ -88,8 +88,9 @@ def _video(path, hits, query_starts, length, on_diagonal):
     best = max(matched, key=lambda hit: hit["score"])
     on = {hit["clip"] for hit in matched}
     elsewhere = [hit for hit in hits if hit["clip"] not in on]  # its other moments, after
+    segments = merge_segments(matched) + (merge_segments(elsewhere) if elsewhere else [])
     return {"path": path, "score": best["score"], "votes": len({hit["query"] for hit in matched}),
-            "best": _public(best), "segments": merge_segments(matched) + merge_segments(elsewhere)}
+            "best": _public(best), "segments": segments}
 
 
 def diagonal_hits(hits, query_starts, length):
@@ -119,35 +120,34 @@ def diagonal_hits(hits, query_starts, length):
 
 def merge_segments(hits):
     """Hits of one video -> segments of consecutive clips, best first:
-    {"start", "end", "score" (best), "id" (its best clip), "clips" (count)}."""
+    {"start", "end", "score" (best), "id" (its best clip), "best_start", "clips" (count)}."""
     by_clip = {}
     for hit in hits:
-        if hit["clip"] not in by_clip or hit["score"] > by_clip[hit["clip"]]["score"]:
+        kept = by_clip.get(hit["clip"])
+        if kept is None or hit["score"] > kept["score"]:
             by_clip[hit["clip"]] = hit
-    segments = []
+    segments, segment, last_clip = [], None, None
     for clip in sorted(by_clip):
         hit = by_clip[clip]
-        last = segments[-1] if segments else None
-        if last is not None and (clip == last["last_clip"] + 1 or _touches(last, hit)):
-            last.update(end=_max(last["end"], hit.get("end")), last_clip=clip, clips=last["clips"] + 1)
-            if hit["score"] > last["score"]:
-                last.update(score=hit["score"], id=hit["id"], best_start=hit.get("start"))
+        start, end, score = hit.get("start"), hit.get("end"), hit["score"]
+        if segment is not None and (clip == last_clip + 1 or _touches(segment["end"], start)):
+            if end is not None and (segment["end"] is None or end > segment["end"]):
+                segment["end"] = end
+            segment["clips"] += 1
+            if score > segment["score"]:
+                segment.update(score=score, id=hit["id"], best_start=start)
         else:
-            segments.append({"start": hit.get("start"), "end": hit.get("end"), "score": hit["score"],
-                             "id": hit["id"], "best_start": hit.get("start"), "clips": 1,
-                             "last_clip": clip})
-    for segment in segments:
-        del segment["last_clip"]
-    return sorted(segments, key=lambda segment: -segment["score"])
+            segment = {"start": start, "end": end, "score": score, "id": hit["id"],
+                       "best_start": start, "clips": 1}
+            segments.append(segment)
+        last_clip = clip
+    segments.sort(key=lambda found: -found["score"])
+    return segments
 
 
-def _touches(segment, hit):
-    return (segment["end"] is not None and hit.get("start") is not None
-            and hit["start"] <= segment["end"] + 1e-6)
-
-
-def _max(a, b):
-    return b if a is None else a if b is None else max(a, b)
+def _touches(end, start):
+    """Whether a clip starting at `start` touches a segment ending at `end` (None: unknown)."""
+    return end is not None and start is not None and start <= end + 1e-6
 
 
 def _public(hit):

@@ -115,9 +115,7 @@ class Searcher:
 
     def results(self, distances, ids):
         """Result dicts with metadata for the arrays of `search_arrays`, one lookup for all rows."""
-        found = self.table.lookup(ids[ids >= 0])
-        return [[dict(found[i], distance=d) for d, i in zip(row_d, row_i) if i in found]
-                for row_d, row_i in zip(distances.tolist(), ids.tolist())]
+        return self.table.hits(ids, distances)
 
     def search(self, vectors, k, breadth=None):
         return self.results(*self.search_arrays(vectors, k, breadth))

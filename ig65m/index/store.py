@@ -131,19 +131,17 @@ class MetadataStore:
 
     def table(self, count):
         """Every clip's metadata as a `ClipTable` in memory (24 bytes a clip), read in chunks."""
-        files = np.empty(count, np.int32)
-        clips = np.empty(count, np.int32)
-        times = np.empty((count, 2), np.float64)
+        rows = np.empty(count, ClipTable.ROW)
         with self._lock:
             self._load_files()
             cursor = self._connection().execute(
                 "SELECT id, file, clip, COALESCE(start, 'nan'), COALESCE(end, 'nan') FROM clips")
-            while rows := cursor.fetchmany(65536):
-                ids, file_ids, numbers, starts, ends = zip(*rows)
+            while chunk := cursor.fetchmany(65536):
+                ids, file_ids, numbers, starts, ends = zip(*chunk)
                 ids = np.array(ids)
-                files[ids], clips[ids] = file_ids, numbers
-                times[ids, 0], times[ids, 1] = np.array(starts, float), np.array(ends, float)
-        return ClipTable(self._files, files, clips, times)
+                rows["file"][ids], rows["clip"][ids] = file_ids, numbers
+                rows["start"][ids], rows["end"][ids] = np.array(starts, float), np.array(ends, float)
+        return ClipTable(self._files, rows)
 
     def videos(self):
         """Every indexed video, in id order -> [{"video" (file id), "path" (source video, or the
@@ -172,22 +170,40 @@ def _clip_dict(clip_id, file, clip, start, end):
 
 
 class ClipTable:
-    """Clip metadata held in arrays indexed by clip id: a search's results cost one numpy gather,
-    not an SQLite query (whose page walks run cold after Faiss has swept the CPU caches)."""
+    """Clip metadata held in one array indexed by clip id (`rows`, of ROW): a search's results cost
+    a few array reads, not an SQLite query (whose page walks run cold after Faiss has swept the
+    CPU caches)."""
 
-    def __init__(self, files, file_ids, clips, times):
-        self.files, self.file_ids, self.clips, self.times = files, file_ids, clips, times
+    ROW = np.dtype([("file", "<i4"), ("clip", "<i4"), ("start", "<f8"), ("end", "<f8")])
+
+    def __init__(self, files, rows):
+        self.files, self.rows = files, rows
 
     def __len__(self):
-        return len(self.clips)
+        return len(self.rows)
 
     def lookup(self, ids):
         """{id: metadata dict} of clip ids `ids` (all within 0 .. len - 1)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        rows = zip(ids.tolist(), self.file_ids[ids].tolist(), self.clips[ids].tolist(),
-                   self.times[ids].tolist())
         return {clip_id: _clip_dict(clip_id, self.files[file_id], clip, _none(start), _none(end))
-                for clip_id, file_id, clip, (start, end) in rows}
+                for clip_id, (file_id, clip, start, end) in zip(ids.tolist(), self.rows[ids].tolist())}
+
+    def hits(self, ids, distances):
+        """Rows of result dicts {"id", "path", "clip", "start", "end", "features", "distance"} of
+        a search's (n, k) `ids` and `distances`, leaving out the -1 ids Faiss pads rows with.
+        Row by row in plain Python: a search has just swept the CPU caches, and there each numpy
+        call costs microseconds (a 1M-clip search's 10 results took 29 us through gathers and
+        9 us this way; warm, 9.5 and 2)."""
+        item, files = self.rows.item, self.files
+        return [[_hit(clip_id, files, *item(clip_id), distance)
+                 for clip_id, distance in zip(row_ids, row_distances) if clip_id >= 0]
+                for row_ids, row_distances in zip(ids.tolist(), distances.tolist())]
+
+
+def _hit(clip_id, files, file_id, clip, start, end, distance):
+    path, features = files[file_id]
+    return {"id": clip_id, "path": path, "clip": clip, "start": _none(start), "end": _none(end),
+            "features": features, "distance": distance}
 
 
 def _none(value):
