@@ -52,10 +52,13 @@ def group_by_video(results, *, metric="l2", query_times=None, exclude=None, min_
                   for hit in hits if hit["path"] != exclude]
         for hit in _matches(scored, min_score):
             hits_by_video[hit["path"]].append(hit)
-    length = _clip_length(hits_by_video)
-    times = _query_starts(query_times, len(results), length)
-    on_diagonal = len(results) > 1
-    videos = [_video(path, hits, times, length, on_diagonal) for path, hits in hits_by_video.items()]
+    if len(results) > 1:
+        length = _clip_length(hits_by_video)
+        times = _query_starts(query_times, len(results), length)
+        videos = [_video(path, hits, diagonal_hits(hits, times, length))
+                  for path, hits in hits_by_video.items()]
+    else:  # one query clip: every moment of a video that matches it
+        videos = [_video(path, hits, hits) for path, hits in hits_by_video.items()]
     videos.sort(key=lambda video: (-video["votes"], -video["score"], video["path"]))
     return videos[:limit] if limit else videos
 
@@ -83,12 +86,14 @@ def _query_starts(query_times, count, length):
     return [float(start) for start, _ in query_times]
 
 
-def _video(path, hits, query_starts, length, on_diagonal):
-    matched = diagonal_hits(hits, query_starts, length) if on_diagonal else hits
+def _video(path, hits, matched):
+    """A video's entry from its `hits`, of which `matched` (the diagonal's, or all) come first."""
     best = max(matched, key=lambda hit: hit["score"])
-    on = {hit["clip"] for hit in matched}
-    elsewhere = [hit for hit in hits if hit["clip"] not in on]  # its other moments, after
-    segments = merge_segments(matched) + (merge_segments(elsewhere) if elsewhere else [])
+    segments = merge_segments(matched)
+    if matched is not hits:
+        on = {hit["clip"] for hit in matched}
+        elsewhere = [hit for hit in hits if hit["clip"] not in on]  # its other moments, after
+        segments += merge_segments(elsewhere) if elsewhere else []
     return {"path": path, "score": best["score"], "votes": len({hit["query"] for hit in matched}),
             "best": _public(best), "segments": segments}
 
