@@ -368,7 +368,7 @@ def test_workers_share_connections_evenly_also_after_one_is_killed(tmp_path):
 
     def workers_ready(count):  # each worker says so once its front holds its slot
         deadline = time.monotonic() + 60
-        while sum(" ready" in line for line in process.lines) < count:
+        while sum(line.count(" ready") for line in process.lines) < count:
             assert time.monotonic() < deadline, process.lines
             time.sleep(0.1)
 

@@ -9,11 +9,11 @@ ends. `check_now()` (SIGHUP, `POST /reload`) wakes the watcher at once.
 """
 
 import logging
-import sys
 import threading
 
 from ig65m.errors import Ig65mError
 from ig65m.index.manifest import manifest_signature
+from ig65m.index.middleware import write_line
 from ig65m.index.search import Searcher
 
 log = logging.getLogger("ig65m.index.live")
@@ -41,7 +41,7 @@ class LiveIndex:
             if manifest_signature(self.index_dir) != signature:
                 return False  # swapped again while loading: the next check loads the newest
             self.current, self._signature = searcher, signature
-        print(f"reloaded {self.index_dir}: {searcher.count} clips", file=sys.stderr, flush=True)
+        write_line(f"reloaded {self.index_dir}: {searcher.count} clips")  # workers all say it
         return True
 
     def check_now(self):
@@ -59,4 +59,4 @@ class LiveIndex:
             try:
                 self.reload()
             except Ig65mError as err:
-                print(f"warning: keeping the loaded index: {err}", file=sys.stderr, flush=True)
+                write_line(f"warning: keeping the loaded index: {err}")

@@ -4,15 +4,19 @@ import os
 import time
 
 
-def write_access_line(client, method, target, status, length, milliseconds, fd=2):
-    """One access-log line: client, request line, status, body bytes, milliseconds, pid. Written
-    with one `write` call, so lines of several threads or workers never interleave."""
-    line = (f'{client} "{method} {target!s:.300}" {status} {length} {milliseconds:.2f}ms '
-            f'pid={os.getpid()}\n')
+def write_line(text, fd=2):
+    """`text` and a line feed on stderr with one `write` call, so that the lines of several
+    threads or workers never interleave (print writes the text and its line feed apart)."""
     try:
-        os.write(fd, line.encode("utf-8", "backslashreplace"))
+        os.write(fd, f"{text}\n".encode("utf-8", "backslashreplace"))
     except OSError:
         pass  # a closed stderr must not fail the request
+
+
+def write_access_line(client, method, target, status, length, milliseconds, fd=2):
+    """One access-log line: client, request line, status, body bytes, milliseconds, pid."""
+    write_line(f'{client} "{method} {target!s:.300}" {status} {length} {milliseconds:.2f}ms '
+               f'pid={os.getpid()}', fd)
 
 
 class AccessLog:

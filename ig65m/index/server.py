@@ -30,7 +30,7 @@ from ig65m.index import web
 from ig65m.index.batching import Batcher
 from ig65m.index.front import Front, Loads
 from ig65m.index.live import LiveIndex
-from ig65m.index.middleware import AccessLog, Cors
+from ig65m.index.middleware import AccessLog, Cors, write_line
 from ig65m.index.prefork import Master
 from ig65m.index.protocol import (  # noqa: F401 (MAX_K, MAX_VECTORS: the server's limits, imported from here)
     JSON_OPTIONS, MAX_K, MAX_VECTORS, answer, check_token, default_body_cap, parse_search)
@@ -254,7 +254,7 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
     live.watch()
     threading.Thread(target=server.run, name="waitress", daemon=True).start()
     if master is not None:
-        print(f"worker {os.getpid()} ready", file=sys.stderr, flush=True)
+        write_line(f"worker {os.getpid()} ready")
     try:
         front.run()
     except KeyboardInterrupt:
