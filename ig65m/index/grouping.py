@@ -24,9 +24,11 @@ Scores are similarities, higher is better: 1 - distance for cosine (the cosine s
 """
 
 from collections import defaultdict
+from operator import itemgetter
 
 GROUP_BYS = ("video",)
 MIN_KEPT = 4
+_SCORE = itemgetter("score")
 
 
 def score_of(distance, metric):
@@ -38,7 +40,8 @@ def score_of(distance, metric):
 
 def group_by_video(results, *, metric="l2", query_times=None, exclude=None, min_score=None,
                    limit=None):
-    """results: one list of hit dicts per query clip (as `Searcher.search` returns them).
+    """results: one list of hit dicts per query clip (as `Searcher.search` returns them); each hit
+    gets its "score" and "query" (number) written into it.
 
     `query_times`: (start, end) seconds of each query clip (None: clip i starts at i clip lengths);
     `exclude`: a video path whose hits are dropped (the query's own video); `min_score`: hits below
@@ -48,8 +51,9 @@ def group_by_video(results, *, metric="l2", query_times=None, exclude=None, min_
     """
     hits_by_video = defaultdict(list)
     for query_number, hits in enumerate(results):
-        scored = [dict(hit, score=score_of(hit["distance"], metric), query=query_number)
-                  for hit in hits if hit["path"] != exclude]
+        scored = [hit for hit in hits if hit["path"] != exclude]
+        for hit in scored:  # in place: copies of the hits cost 10 us after a 1M-clip search
+            hit["score"], hit["query"] = score_of(hit["distance"], metric), query_number
         for hit in _matches(scored, min_score):
             hits_by_video[hit["path"]].append(hit)
     if len(results) > 1:
@@ -69,7 +73,7 @@ def _matches(scored, min_score):
         return [hit for hit in scored if hit["score"] >= min_score]
     if len(scored) <= MIN_KEPT:
         return scored
-    ranked = sorted(scored, key=lambda hit: -hit["score"])
+    ranked = sorted(scored, key=_SCORE, reverse=True)  # stable: ties keep their order
     return ranked[:max(MIN_KEPT, len(ranked) // 2)]
 
 
@@ -88,7 +92,7 @@ def _query_starts(query_times, count, length):
 
 def _video(path, hits, matched):
     """A video's entry from its `hits`, of which `matched` (the diagonal's, or all) come first."""
-    best = max(matched, key=lambda hit: hit["score"])
+    best = max(matched, key=_SCORE)
     segments = merge_segments(matched)
     if matched is not hits:
         on = {hit["clip"] for hit in matched}
@@ -146,7 +150,7 @@ def merge_segments(hits):
                        "best_start": start, "clips": 1}
             segments.append(segment)
         last_clip = clip
-    segments.sort(key=lambda found: -found["score"])
+    segments.sort(key=_SCORE, reverse=True)
     return segments
 
 

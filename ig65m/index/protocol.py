@@ -31,11 +31,8 @@ def check_token(given, token):
         raise Unauthorized("missing or wrong bearer token")
 
 
-def compact(values, ids):
-    """Rows of `values` where the id is a result (Faiss pads short rows with -1), as lists."""
-    found = ids >= 0
-    if found.all():
-        return values
+def _kept(values, found):
+    """Rows of `values` where `found` (the id is a result, not Faiss's -1 padding), as lists."""
     return [row[keep].tolist() for row, keep in zip(values, found)]
 
 
@@ -90,7 +87,10 @@ def _format(params):
 def answer(searcher, query, distances, ids):
     """The JSON object answering `query`: compact arrays, or result dicts with metadata."""
     if query.format == "compact":
-        return {"ids": compact(ids, ids), "distances": compact(distances, ids)}
+        if ids.min() >= 0:  # every row full: the arrays as they are (one numpy call)
+            return {"ids": ids, "distances": distances}
+        found = ids >= 0
+        return {"ids": _kept(ids, found), "distances": _kept(distances, found)}
     return {"results": searcher.results(distances, ids)}
 
 

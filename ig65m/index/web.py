@@ -229,7 +229,7 @@ def group_results(searcher, results, options, signer, *, query_times=None, exclu
                                      exclude=exclude or options.get("exclude"),
                                      min_score=min_score, limit=limit)
     for video in videos:
-        video["name"] = os.path.basename(video["path"] or "")
+        video["name"] = (video["path"] or "").rpartition("/")[2]  # os.path.basename's, cheaper
         video["media"] = signer.url(f"/media/{video['best']['id']}")
         for segment in video["segments"]:
             segment["thumb"] = signer.url(f"/thumbs/{segment['id']}")
