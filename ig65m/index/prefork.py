@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 
+from ig65m.index.middleware import write_line
+
 STOP_GRACE = 10.0  # seconds a worker has to exit after SIGTERM before it is killed
 RESTART_DELAY = 1.0
 
@@ -87,8 +89,7 @@ class Master:
             if self.on_exit is not None:
                 self.on_exit(slot)
             if not self.stopping:
-                print(f"worker {pid} exited ({_describe(status)}); starting another",
-                      file=sys.stderr, flush=True)
+                write_line(f"worker {pid} exited ({_describe(status)}); starting another")
                 time.sleep(RESTART_DELAY)
                 if self.before_restart is not None:
                     self.before_restart()

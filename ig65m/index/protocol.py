@@ -150,9 +150,10 @@ def _check_count(count):
 
 
 def _finite(vectors):
-    if np.isfinite(vectors).all():
+    finite = np.isfinite(vectors)
+    if finite.all():
         return vectors
-    bad = ~np.isfinite(vectors).all(axis=1)
+    bad = ~finite.all(axis=1)
     if bad.any():
         raise BadRequest(f"vector {int(np.argmax(bad))} holds NaN, infinity or a number too large "
                          "for float32")

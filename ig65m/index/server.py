@@ -221,7 +221,7 @@ def _reload_quietly(live):
     try:
         live.reload()
     except Ig65mError as err:
-        print(f"warning: keeping the loaded index: {err}", file=sys.stderr, flush=True)
+        write_line(f"warning: keeping the loaded index: {err}")
 
 
 def _run_worker(sock, options, omp, live, master=None, loads=None):

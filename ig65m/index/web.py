@@ -216,8 +216,8 @@ def group_results(searcher, results, options, signer, *, query_times=None, exclu
                   limit=None):
     """Hits of `searcher.search` grouped by video (grouping.py) -> {"videos": [...]}, each with
     `media` and segment `thumb` URLs (by `signer`, a UrlSigner: signed when the server has a
-    token). `options` may hold
-    "group_by" ("video"), "min_score", "exclude" (a video path) and "query_times" ([[s, e]...])."""
+    token). `options` may hold "group_by" ("video"), "min_score", "exclude" (a video path) and
+    "query_times" ([[s, e]...])."""
     group_by = options.get("group_by", "video")
     if group_by not in grouping.GROUP_BYS:
         raise BadRequest(f'"group_by" must be one of {", ".join(grouping.GROUP_BYS)}, '
@@ -229,7 +229,7 @@ def group_results(searcher, results, options, signer, *, query_times=None, exclu
                                      exclude=exclude or options.get("exclude"),
                                      min_score=min_score, limit=limit)
     for video in videos:
-        video["name"] = (video["path"] or "").rpartition("/")[2]  # os.path.basename's, cheaper
+        video["name"] = os.path.basename(video["path"] or "")
         video["media"] = signer.url(f"/media/{video['best']['id']}")
         for segment in video["segments"]:
             segment["thumb"] = signer.url(f"/thumbs/{segment['id']}")
