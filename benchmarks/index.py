@@ -44,6 +44,7 @@ from index_data import RealTiles, exact_neighbours
 from ig65m.index.search import Searcher, search_parameters
 
 K = 10
+CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 GOAL_FORMS = ("raw+compact", "raw+group")  # issue 11's single-clip and group_by: video queries
 FORMS = {  # name: (path, content type, body maker)
     "raw+compact": ("/search?k=10&format=compact", "application/octet-stream", lambda q: q.tobytes()),
@@ -78,7 +79,7 @@ def start_server(checkout, index_dir, args, forms):
 class RawClient:
     """HTTP/1.1 over one keep-alive socket with nothing but what a load generator does:
     `post(request bytes)` -> status, after reading the answer by its Content-Length. `busy`: the
-    socket is non-blocking and the client polls it without sleeping (see BUSY)."""
+    socket is non-blocking and the client polls it without sleeping (see the module's notes)."""
 
     def __init__(self, port, busy=False):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -100,19 +101,14 @@ class RawClient:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self.buf += self._recv()
         head, self.buf = self.buf[:end], self.buf[end + 4:]
-        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        length = int(CONTENT_LENGTH.search(head).group(1))
         while len(self.buf) < length:
             self.buf += self._recv()
         self.buf = self.buf[length:]
         return int(head[9:12])
 
     def _recv(self):
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-                break
-            except BlockingIOError:
-                pass
+        data = _recv_busy(self.sock)
         if not data:
             raise ConnectionError("the server closed the connection")
         return data
@@ -258,7 +254,7 @@ def floor_serve(index_dir, out):
         while data := _recv_busy(sock):
             buf += data
             while (end := buf.find(b"\r\n\r\n")) >= 0:
-                length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", buf[:end]).group(1))
+                length = int(CONTENT_LENGTH.search(buf[:end]).group(1))
                 if len(buf) < end + 4 + length:
                     break
                 query = np.frombuffer(buf[end + 4:end + 4 + length], dtype="<f4")[None]
@@ -271,6 +267,7 @@ def floor_serve(index_dir, out):
 
 
 def _recv_busy(sock):
+    """sock.recv, polled without sleeping when the socket is non-blocking."""
     while True:
         try:
             return sock.recv(1 << 20)
