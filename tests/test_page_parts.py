@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from ig65m.index import build_index
-from ig65m.index.grouping import group_by_video, merge_segments, score_of
+from ig65m.index.grouping import group_by_video, merge_segments, scores
 from ig65m.index.manifest import read_manifest
 from ig65m.index.media import MediaRoots, Refused, locate_source, parse_prefixes
 from ig65m.index.search import Searcher
+from ig65m.index.store import ClipTable
 from tests.test_index_build import clustered, write
 
 
@@ -20,37 +21,76 @@ def hit(path, clip, distance, length=0.5):
             "end": clip * length + length, "distance": distance, "features": "f.npy"}
 
 
+def searched(rows, length=0.5):
+    """A ClipTable and a search's (distances, ids) from hand-made rows of (path, clip, distance),
+    each row put nearest first and padded with -1 as Faiss does."""
+    files, clips = {}, {}
+    for row in rows:
+        for path, clip, _ in row:
+            files.setdefault(path, len(files))
+            clips.setdefault((path, clip), len(clips))
+    table = np.empty(len(clips), ClipTable.ROW)
+    for (path, clip), clip_id in clips.items():
+        table[clip_id] = (files[path], clip, clip * length, clip * length + length)
+    width = max(len(row) for row in rows)
+    distances, ids = np.full((len(rows), width), np.inf), np.full((len(rows), width), -1)
+    for number, row in enumerate(rows):
+        for place, (path, clip, distance) in enumerate(sorted(row, key=lambda hit: hit[2])):
+            distances[number, place], ids[number, place] = distance, clips[(path, clip)]
+    return ClipTable({number: (path, "f.npy") for path, number in files.items()}, table), distances, ids
+
+
 def test_adjacent_clips_merge_into_segments_best_first():
     hits = [dict(hit("a", clip, 0.1), score=score) for clip, score in
             [(3, 0.5), (4, 0.9), (5, 0.6), (9, 0.7)]]
     segments = merge_segments(hits)
     assert [(s["start"], s["end"], s["clips"]) for s in segments] == [(1.5, 3.0, 3), (4.5, 5.0, 1)]
     assert segments[0]["score"] == 0.9 and segments[0]["best_start"] == 2.0
+    assert merge_segments(hits[3:]) == [{"start": 4.5, "end": 5.0, "score": 0.7, "id": hits[3]["id"],
+                                         "best_start": 4.5, "clips": 1}]
 
 
 def test_temporal_vote_prefers_matches_in_order_over_scattered_better_ones():
     """Query clips 0..5 match `copy` on one diagonal (clips 10..15); `noise` has better single
     scores, but at times in no order."""
-    results = []
-    for query in range(6):
-        results.append([hit("copy", 10 + query, 0.30), hit("noise", (query * 7) % 13, 0.10),
-                        hit("copy", (query * 5) % 4, 0.35)])
-    videos = group_by_video(results, metric="l2", min_score=0)
+    rows = [[("copy", 10 + query, 0.30), ("noise", (query * 7) % 13, 0.10),
+             ("copy", (query * 5) % 4, 0.35)] for query in range(6)]
+    table, distances, ids = searched(rows)
+    videos = group_by_video(table, distances, ids, metric="l2", min_score=0)
     assert [video["path"] for video in videos] == ["copy", "noise"]
     assert videos[0]["votes"] == 6 and videos[1]["votes"] <= 2  # a bin and its neighbour
     segment = videos[0]["segments"][0]
     assert (segment["start"], segment["end"]) == (5.0, 8.0)
-    single = group_by_video(results[:1], metric="l2", min_score=0)
+    best = videos[0]["best"]
+    assert best == {"id": int(ids[0, 1]), "path": "copy", "clip": 10, "start": 5.0, "end": 5.5,
+                    "features": "f.npy", "distance": 0.30, "score": scores([0.30], "l2")[0]}
+    single = group_by_video(table, distances[:1], ids[:1], metric="l2", min_score=0)
     assert single[0]["path"] == "noise"  # one query clip: the best score wins
+    assert single[0]["votes"] == 1 and single[0]["best"]["clip"] == 0
 
 
 def test_exclude_min_score_limit_and_scores():
-    results = [[hit("own", 0, 0.0), hit("other", 2, 0.2), hit("far", 1, 0.9)]]
-    videos = group_by_video(results, metric="cosine", exclude="own", min_score=0.5)
+    table, distances, ids = searched([[("own", 0, 0.0), ("other", 2, 0.2), ("far", 1, 0.9)]])
+    videos = group_by_video(table, distances, ids, metric="cosine", exclude="own", min_score=0.5)
     assert [video["path"] for video in videos] == ["other"]
     assert videos[0]["score"] == pytest.approx(0.8)
-    assert score_of(3.0, "l2") == 0.25
-    assert len(group_by_video(results, metric="cosine", limit=2)) == 2
+    assert scores([3.0, 0.0], "l2") == [0.25, 1.0] and scores([0.25], "cosine") == [0.75]
+    assert len(group_by_video(table, distances, ids, metric="cosine", limit=2)) == 2
+
+
+def test_without_min_score_the_better_half_counts_after_exclusion_and_padding():
+    """Ten neighbours, of which the query's own video holds the best four, and two -1 paddings:
+    the better half of the six others (at least MIN_KEPT) counts, in order."""
+    rows = [[("own", clip, 0.01 * clip) for clip in range(4)]
+            + [(f"v{number}", 0, 0.1 + 0.1 * number) for number in range(6)]]
+    table, distances, ids = searched(rows)
+    ids = np.concatenate([ids, [[-1, -1]]], axis=1)
+    distances = np.concatenate([distances, [[np.inf, np.inf]]], axis=1)
+    videos = group_by_video(table, distances, ids, metric="l2", exclude="own")
+    assert [video["path"] for video in videos] == ["v0", "v1", "v2", "v3"]
+    videos = group_by_video(table, distances, ids)  # half of ten: own's four clips and v0
+    assert [video["path"] for video in videos] == ["own", "v0"]
+    assert [(s["start"], s["end"], s["clips"]) for s in videos[0]["segments"]] == [(0.0, 2.0, 4)]
 
 
 def test_media_roots_refuse_escapes_and_find_moved_videos(tmp_path):

@@ -128,7 +128,7 @@ def search_answer(current, query, distances, ids, signer):
     video when it asks (`group_by`, see web.group_results; `signer` makes its media URLs), else
     protocol.answer's."""
     if query.params.get("group_by") is not None:
-        return web.group_results(current, current.results(distances, ids), query.params, signer)
+        return web.group_results(current, distances, ids, query.params, signer)
     return answer(current, query, distances, ids)
 
 

@@ -164,9 +164,10 @@ class MetadataStore:
 
 
 def _clip_dict(clip_id, file, clip, start, end):
+    """A clip's metadata dict; a NaN start or end (the clip table's "no time recorded") is None."""
     path, features = file
-    return {"id": clip_id, "path": path, "clip": clip, "start": start, "end": end,
-            "features": features}
+    return {"id": clip_id, "path": path, "clip": clip, "start": None if start != start else start,
+            "end": None if end != end else end, "features": features}
 
 
 class ClipTable:
@@ -185,29 +186,27 @@ class ClipTable:
     def lookup(self, ids):
         """{id: metadata dict} of clip ids `ids` (all within 0 .. len - 1)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        return {clip_id: _clip_dict(clip_id, self.files[file_id], clip, _none(start), _none(end))
+        return {clip_id: _clip_dict(clip_id, self.files[file_id], clip, start, end)
                 for clip_id, (file_id, clip, start, end) in zip(ids.tolist(), self.rows[ids].tolist())}
 
+    def hit(self, clip_id, distance):
+        """The result dict {"id", "path", "clip", "start", "end", "features", "distance"} of clip
+        `clip_id` found at `distance`."""
+        file_id, clip, start, end = self.rows.item(clip_id)
+        hit = _clip_dict(clip_id, self.files[file_id], clip, start, end)
+        hit["distance"] = distance
+        return hit
+
+    def path(self, clip_id):
+        """The video (or feature file) of clip `clip_id`."""
+        return self.files[self.rows.item(clip_id)[0]][0]
+
     def hits(self, ids, distances):
-        """Rows of result dicts {"id", "path", "clip", "start", "end", "features", "distance"} of
-        a search's (n, k) `ids` and `distances`, leaving out the -1 ids Faiss pads rows with.
-        Row by row in plain Python, one dict a hit (_clip_dict's, with its distance): a search
-        has just swept the CPU caches, and
-        there each numpy call and object costs microseconds (a 1M-clip search's 10 results took
-        29 us through gathers and copied dicts, 17-19 us this way; warm, 9.5 and 7.5)."""
-        item, files = self.rows.item, self.files
-        rows = []
-        for row_ids, row_distances in zip(ids.tolist(), distances.tolist()):
-            row = []
-            for clip_id, distance in zip(row_ids, row_distances):
-                if clip_id >= 0:
-                    file_id, clip, start, end = item(clip_id)
-                    hit = _clip_dict(clip_id, files[file_id], clip, _none(start), _none(end))
-                    hit["distance"] = distance
-                    row.append(hit)
-            rows.append(row)
-        return rows
-
-
-def _none(value):
-    return None if value != value else value  # NaN stands for "no time recorded"
+        """Rows of `hit` dicts of a search's (n, k) `ids` and `distances`, leaving out the -1 ids
+        Faiss pads rows with. Row by row in plain Python: a search has just swept the CPU caches,
+        and there each numpy call and object costs microseconds (a 1M-clip search's 10 results
+        took 29 us through gathers and copied dicts, 17-19 us this way; warm, 9.5 and 7.5)."""
+        hit = self.hit
+        return [[hit(clip_id, distance) for clip_id, distance in zip(row_ids, row_distances)
+                 if clip_id >= 0]
+                for row_ids, row_distances in zip(ids.tolist(), distances.tolist())]

@@ -207,25 +207,26 @@ def page_search(searcher, vectors, options, signer, *, query_times=None, exclude
     breadth = options.get("nprobe")
     breadth = None if breadth in (None, "") else _number(breadth, "nprobe", int, 1, 65536)
     clip_k = min(1000, max(k * CLIPS_PER_VIDEO, 50), searcher.count)
-    results = searcher.search(np.atleast_2d(vectors), clip_k, breadth)
-    return group_results(searcher, results, options, signer, query_times=query_times,
+    distances, ids = searcher.search_arrays(np.atleast_2d(vectors), clip_k, breadth)
+    return group_results(searcher, distances, ids, options, signer, query_times=query_times,
                          exclude=exclude, limit=k)
 
 
-def group_results(searcher, results, options, signer, *, query_times=None, exclude=None,
+def group_results(searcher, distances, ids, options, signer, *, query_times=None, exclude=None,
                   limit=None):
-    """Hits of `searcher.search` grouped by video (grouping.py) -> {"videos": [...]}, each with
-    `media` and segment `thumb` URLs (by `signer`, a UrlSigner: signed when the server has a
-    token). `options` may hold "group_by" ("video"), "min_score", "exclude" (a video path) and
-    "query_times" ([[s, e]...])."""
+    """The hits of `searcher.search_arrays`'s `distances` and `ids` grouped by video
+    (grouping.py) -> {"videos": [...]}, each with `media` and segment `thumb` URLs (by `signer`, a
+    UrlSigner: signed when the server has a token). `options` may hold "group_by" ("video"),
+    "min_score", "exclude" (a video path) and "query_times" ([[s, e]...])."""
     group_by = options.get("group_by", "video")
     if group_by not in grouping.GROUP_BYS:
         raise BadRequest(f'"group_by" must be one of {", ".join(grouping.GROUP_BYS)}, '
                          f"got {group_by!r}")
     min_score = options.get("min_score")
     min_score = None if min_score in (None, "") else _number(min_score, "min_score", float, -1e9, 1e9)
-    query_times = query_times or _query_times(options.get("query_times"), len(results))
-    videos = grouping.group_by_video(results, metric=searcher.metric, query_times=query_times,
+    query_times = query_times or _query_times(options.get("query_times"), len(ids))
+    videos = grouping.group_by_video(searcher.table, distances, ids, metric=searcher.metric,
+                                     query_times=query_times,
                                      exclude=exclude or options.get("exclude"),
                                      min_score=min_score, limit=limit)
     for video in videos:
