@@ -8,15 +8,18 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 from click.testing import CliRunner
+from werkzeug.exceptions import BadRequest
 
 from ig65m.cli import main
 from ig65m.index import build_index
+from ig65m.index.protocol import parse_raw
 from ig65m.index.server import default_body_cap, omp_threads_for
 from tests.test_index_build import clustered, write
 
@@ -259,3 +262,17 @@ def test_openmp_threads_share_the_cores_between_workers():
     assert omp_threads_for(4, cores=2) == 1
     assert omp_threads_for(1, cores=8) == 8
     assert omp_threads_for(3, cores=8) == 2
+
+
+def test_raw_vectors_name_the_first_non_finite_one_and_take_huge_finite_values():
+    """The finite check's fast path (one dot product) must not refuse a vector whose squares
+    overflow float32, nor let a NaN or infinity through; it warns about nothing."""
+    vectors = np.full((3, DIM), 0.5, "<f4")
+    vectors[1] = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse_raw(vectors.tobytes(), {}, DIM).vectors.tolist() == vectors.tolist()
+        for bad in (np.nan, np.inf, -np.inf):
+            vectors[2, 5] = bad
+            with pytest.raises(BadRequest, match="vector 2 holds NaN, infinity"):
+                parse_raw(vectors.tobytes(), {}, DIM)
