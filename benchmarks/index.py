@@ -18,6 +18,8 @@ a client that polls its socket without sleeping ("busy"), and a floor server (`f
 bare socket loop around the same Faiss call) from both clients. On a VM, a process that sleeps
 while it waits is woken through the hypervisor (on this one, tens of us: the guest does no halt
 polling), so the floor shows what any server's answer costs here beyond the search itself.
+Beside in-process Faiss runs the grouped query done in process ("in-process grouped": Faiss, then
+`group_by_video`), so that the grouped HTTP query is also compared with the same work without HTTP.
 """
 
 import argparse
@@ -41,11 +43,13 @@ from common import (alternate, load_average, median_spread, process_tree, report
                     tree_cpu_seconds)
 from index_data import RealTiles, exact_neighbours
 
+from ig65m.index.grouping import group_by_video
 from ig65m.index.search import Searcher, search_parameters
 
 K = 10
 CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 GOAL_FORMS = ("raw+compact", "raw+group")  # issue 11's single-clip and group_by: video queries
+GROUPED = "in-process grouped"  # Faiss and group_by_video in this process: the grouped query's twin
 FORMS = {  # name: (path, content type, body maker)
     "raw+compact": ("/search?k=10&format=compact", "application/octet-stream", lambda q: q.tobytes()),
     "raw+full": ("/search?k=10", "application/octet-stream", lambda q: q.tobytes()),
@@ -191,6 +195,19 @@ def faiss_run(searcher, queries, threads, seconds=1e9, count=10**9):
     return len(latencies) / (time.perf_counter() - began), latencies
 
 
+def grouped_run(searcher, queries, count):
+    """The grouped query answered in this process, as a library caller would: Faiss, then the
+    grouping into videos (one thread) -> latencies."""
+    times = []
+    faiss.omp_set_num_threads(1)
+    while len(times) < count:
+        began = time.perf_counter()
+        distances, ids = searcher.search_arrays(queries[len(times) % len(queries)][None], K)
+        group_by_video(searcher.table, distances, ids, metric=searcher.metric)
+        times.append(time.perf_counter() - began)
+    return np.array(times)
+
+
 def pss_mb(process):
     return [round(p.memory_full_info().pss / 2**20, 1) for p in process_tree(process.pid)]
 
@@ -211,7 +228,8 @@ def latency_block(servers, searcher, queries, samples, rounds, floor_port):
         return lambda: http_run(port, form, queries, 1, count=samples, kind=kind)[2]
 
     runners = {"faiss in-process": runner("faiss in-process",
-                                          lambda: faiss_run(searcher, queries, 1, count=samples)[1])}
+                                          lambda: faiss_run(searcher, queries, 1, count=samples)[1]),
+               GROUPED: runner(GROUPED, lambda: grouped_run(searcher, queries, samples))}
     for name, server in servers.items():
         for form in server["forms"]:
             runners[f"{name} {form}"] = runner(f"{name} {form}", http(server["port"], form))
@@ -233,6 +251,10 @@ def latency_block(servers, searcher, queries, samples, rounds, floor_port):
         print(f"{name:<24} p50 {p50[0]:.3f} ms ({p50[1]:.3f}-{p50[2]:.3f})  p99 {p99[0]:.2f} ms  "
               f"p50 over Faiss {over[0]:+.3f} ms ({over[1]:+.3f} to {over[2]:+.3f}), "
               f"x{times[0]:.2f} ({times[1]:.2f}-{times[2]:.2f})")
+    for name, runs in kept.items():  # the grouped queries against the same done in-process
+        if "group" in name and name != GROUPED:
+            times = median_spread(np.median(r) / np.median(b) for r, b in zip(runs, kept[GROUPED]))
+            print(f"{name:<24} x{times[0]:.2f} ({times[1]:.2f}-{times[2]:.2f}) {GROUPED}")
 
 
 def floor_serve(index_dir, out):
