@@ -306,8 +306,9 @@ def load_features(path, *, verify=True):
         raise Ig65mError(f"not a valid .npy features file: {path} ({err})") from None
     if features.ndim != 2:
         raise Ig65mError(f"features in {path} must be 2-d (clips x dims), got shape {features.shape}")
-    if not np.issubdtype(features.dtype, np.number):
-        raise Ig65mError(f"features in {path} are not numbers (dtype {features.dtype})")
+    if not (np.issubdtype(features.dtype, np.integer) or np.issubdtype(features.dtype, np.floating)):
+        # complex numbers too: casting them to float32 would silently drop the imaginary part
+        raise Ig65mError(f"features in {path} are not real numbers (dtype {features.dtype})")
     path = resolve_output(path)  # a symlinked file's sidecar lies beside its target
     recover_pair(path)
     side = sidecar_path(path)

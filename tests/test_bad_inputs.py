@@ -64,6 +64,7 @@ def world(tmp_path_factory):
     np.save(w / "onedim.npy", np.ones(5, np.float32))
     np.save(w / "zero.npy", np.zeros((0, DIM), np.float32))
     np.save(w / "strings.npy", np.array([["a", "b"]]))
+    np.save(w / "complex.npy", rows.astype(np.complex64))
     np.save(w / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     save_features(w / "badside.npy", rows, clips)
     (w / "badside.json").write_text("{not json")
@@ -163,8 +164,8 @@ def semcode_cases():
         "--dpi": POS_INT + ["5"]})]
     cases += [ok + extra for extra in UNKNOWN + [["--view", "cube"], ["--scale", "log"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
-                     "strings.npy", "objects.npy", "changed.npy", "badside.npy", "folder",
-                     "loop_a.npy", "dangling.npy", "video.mkv"):
+                     "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
+                     "folder", "loop_a.npy", "dangling.npy", "video.mkv"):
         cases.append([f"{{w}}/{features}", "{w}/out/new.png"])
     for picture in ("out/new.gif", "out/new", "missing/new.png", "out", "loop_a.npy",
                     "out/loop_x", "out/exists.png/x.png"):
@@ -180,8 +181,8 @@ def index_build_cases():
         ["--metric", "hamming"], ["--index-key", "Nonsense42"], ["--index-key", "IVF99999,Flat"],
         ["--index-key", ""], ["--index-key", "PQ7"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
-                     "strings.npy", "objects.npy", "changed.npy", "badside.npy", "folder",
-                     "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex"):
+                     "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
+                     "folder", "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex"):
         cases.append([f"{{w}}/{features}", "{w}/out/newidx", "--quiet"])
     cases += [["{w}/good.npy", "{w}/other_dim.npy", "{w}/out/newidx", "--quiet"],
               ["{w}/good.npy", "{w}/idx", "--quiet"],
@@ -208,7 +209,7 @@ def index_query_cases():
     cases += [ok + extra for extra in UNKNOWN + [["--format", "xml"]]]
     cases += [["{w}/good.npy", value, "--url", "{url}"] for value in ("-1", "12", "x", "1.5")]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
-                     "strings.npy", "objects.npy", "changed.npy", "badside.npy",
+                     "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
                      "other_dim.npy", "loop_a.npy", "dangling.npy"):
         cases.append([f"{{w}}/{features}", "--url", "{url}"])
     cases += [["{w}/good.npy", "--url", "http://127.0.0.1:9"],
