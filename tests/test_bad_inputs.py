@@ -368,3 +368,21 @@ def test_bad_input_is_one_error_line_and_changes_nothing(world, request, no_exec
 def test_every_command_gets_at_least_40_bad_inputs():
     counts = {command: len(cases) for command, cases in case_list().items()}
     assert all(count >= 40 for command, count in counts.items() if command != "index-serve"), counts
+
+
+@pytest.mark.parametrize("bad", ["features", "source"])
+def test_a_path_that_is_not_utf8_is_one_error_line_and_no_index(tmp_path, bad):
+    """The index's metadata keeps paths as UTF-8 text: a file or video named with other bytes (as
+    extract happily writes them) is refused up front, not with a UnicodeEncodeError mid-build."""
+    name = os.fsdecode(b"caf\xe9") if bad == "features" else "cafe"
+    rows = np.ones((3, DIM), np.float32)
+    source = os.fsdecode(b"/videos/caf\xe9.mp4") if bad == "source" else "/videos/cafe.mp4"
+    save_features(tmp_path / f"{name}.npy", rows, {"source": source,
+                                                   "clips": [[i, i + 1.0] for i in range(3)]})
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(main, ["index-build", str(tmp_path / f"{name}.npy"),
+                                       str(tmp_path / "idx"), "--quiet"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "UTF-8" in lines[0], lines
+    assert snapshot(tmp_path) == before

@@ -230,9 +230,19 @@ def _open_inputs(inputs, index_dir, index_key, metric, append, sharding):
 
 
 def locate_sources(files, prefixes):
-    """Record each file's source video as a path the server can resolve (ig65m.index.media)."""
+    """Record each file's source video as a path the server can resolve (ig65m.index.media).
+
+    The metadata holds paths as UTF-8 text: a name that is not UTF-8 (Python gives its bytes as
+    lone surrogates) is refused here, before anything is written, rather than failing mid-build."""
     for item in files:
         item.source = locate_source(item.source, item.path, prefixes)
+        for what, path, fix in (("features file", item.path, "rename it"),
+                                ("source video", item.source, "rename it, or --path-prefix")):
+            try:
+                str(path or "").encode("utf-8")
+            except UnicodeEncodeError:
+                raise Ig65mError(f"cannot index the {what} {ascii(str(path))}: its name is not "
+                                 f"valid UTF-8 ({fix})") from None
 
 
 def _check_new(index_dir):
