@@ -144,3 +144,25 @@ def test_integer_tensors_for_float_parameters_are_one_error_line():
     with pytest.raises(Ig65mError, match=f"{re.escape(key)} is torch.int32, the model's is "
                                          "torch.float32"):
         load_weights(model, state, source="x.pth")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_one_error_line_and_write_nothing(tmp_path, value):
+    """They used to give a features file of NaN, exit 0, that index-build then refused."""
+    from tests.videos import lossless_video
+
+    model, _ = get_model("movinet_a0_base", "random:0")
+    state = dict(model.state_dict())
+    key = next(key for key in state if key.endswith("weight"))
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = value
+    torch.save(state, tmp_path / "w.pth")
+    lossless_video(tmp_path / "v.mkv", frames=4)
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mkv"), str(tmp_path / "f.npy"),
+                                       "--weights", str(tmp_path / "w.pth"), "--model",
+                                       "movinet_a0_base", "--frame-size", "32", "--crop-size", "32",
+                                       "--backend", "torch"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"error: weights in {tmp_path / 'w.pth'} hold NaN or infinite values ({key})"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mkv", "w.pth"]

@@ -167,7 +167,8 @@ def _match_dtypes(state_dict, own, source):
     """The tensors in the model's own dtypes: a state_dict saved in float64 or half precision is
     loaded as float32. (`assign=True` would otherwise install its tensors as they are, and the
     first clip would fail deep in the model with "expected scalar type Float but found Double".)
-    A float where the model keeps integers, or the reverse, is not a cast but a wrong file."""
+    A float where the model keeps integers, or the reverse, is not a cast but a wrong file, and
+    NaN or infinite values are refused."""
     matched = {}
     for key, value in state_dict.items():
         want = own[key].dtype
@@ -176,6 +177,9 @@ def _match_dtypes(state_dict, own, source):
                 raise Ig65mError(f"weights in {source} do not fit this model ({key} is "
                                  f"{value.dtype}, the model's is {want})")
             value = value.to(want)
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            # a damaged or diverged checkpoint: every feature it gives would be NaN
+            raise Ig65mError(f"weights in {source} hold NaN or infinite values ({key})")
         matched[key] = value
     return matched
 
