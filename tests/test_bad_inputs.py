@@ -386,3 +386,23 @@ def test_a_path_that_is_not_utf8_is_one_error_line_and_no_index(tmp_path, bad):
     assert result.exit_code == 2, (result.output, result.exception)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "UTF-8" in lines[0], lines
     assert snapshot(tmp_path) == before
+
+
+def test_float64_features_beyond_float32_are_one_line_in_a_real_process(world, url, tmp_path):
+    """numpy's RuntimeWarning (overflow in cast), with its source line, came before the error on
+    stderr; in-process runs do not show it (pytest records warnings), so real processes here."""
+    import subprocess
+
+    rows = np.ones((3, DIM))
+    rows[1, 2] = 1e300  # finite in float64, infinite as float32
+    np.save(tmp_path / "big.npy", rows)
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(__file__))),
+               PYTHONWARNINGS="default")
+    for argv in (["index-build", str(tmp_path / "big.npy"), str(tmp_path / "idx"), "--quiet"],
+                 ["index-query", str(tmp_path / "big.npy"), "1", "--url", url]):
+        done = subprocess.run([sys.executable, "-m", "ig65m", *argv], capture_output=True,
+                              text=True, timeout=120, env=env)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (argv, done.stderr)
+        assert "clip 1" in lines[0] or "query vector 0" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]
