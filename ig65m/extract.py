@@ -215,16 +215,17 @@ class Extractor:
         features = np.concatenate(rows).astype(np.float32, copy=False)
         return features, self.metadata(source, times, options)
 
-    def extract(self, source, output, *, format=None, on_batch=None, **options):
+    def extract(self, source, output, *, format=None, on_batch=None, replace=True, **options):
         """Write the features of `source` to `output` (.npy + .json sidecar, atomically) -> meta.
 
         `on_batch(batch)`, if given, sees every Batch (logits included) as it is written. A live
         source (camera, lavfi) stopped with Ctrl-C keeps what was extracted until then; a file
-        interrupted or failing leaves nothing behind.
+        interrupted or failing leaves nothing behind. `replace=False`: an `output` that another
+        run wrote meanwhile is an Ig65mError, not replaced.
         """
         check_writable(output)
         times, interrupted = [], False
-        with FeatureWriter(output) as writer:
+        with FeatureWriter(output, replace=replace) as writer:
             try:
                 batches = self.batches(source, format=format, **options)
                 for batch in self.progress_bar(batches, source, dict(options, format=format)):

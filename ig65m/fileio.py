@@ -160,8 +160,9 @@ class FeatureWriter:
     removes the temporary files.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, replace=True):
         self.path = check_writable(path)
+        self.replace = replace  # False: fail, rather than replace, a pair another run put there
         recover_pair(self.path)
         fd, self._tmp = _temp_beside(self.path)
         self._file = os.fdopen(fd, "wb")
@@ -205,10 +206,37 @@ class FeatureWriter:
             self.abort()
             raise
         _hook("IG65M_TEST_KILL_BEFORE_NPY")
-        os.replace(self._tmp, self.path)
+        try:
+            self._move_into_place()
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending)
+            self.abort()
+            raise
         _hook("IG65M_TEST_KILL_AFTER_NPY")
         with contextlib.suppress(FileNotFoundError):  # a reader may have rolled it forward already
             os.replace(pending, sidecar_path(self.path))
+
+    def _move_into_place(self):
+        """Rename the .npy into place; without `replace`, only if nothing is there yet, checked
+        and done in one step (a hard link fails if the name exists): two runs started before
+        either had written cannot both succeed, one silently replacing the other's features."""
+        if self.replace:
+            os.replace(self._tmp, self.path)
+            return
+        try:
+            os.link(self._tmp, self.path)
+        except FileExistsError:
+            raise Ig65mError(f"{self.path} was written by another run while this one extracted: "
+                             f"left as it is; pass --overwrite to replace it") from None
+        except OSError:  # a filesystem without hard links: the check and the rename apart
+            if self.path.exists():
+                raise Ig65mError(f"{self.path} was written by another run while this one "
+                                 f"extracted: left as it is; pass --overwrite to replace it") \
+                    from None
+            os.replace(self._tmp, self.path)
+            return
+        os.unlink(self._tmp)
 
     def abort(self):
         if not self._file.closed:
