@@ -223,7 +223,10 @@ def index_serve_cases():
     ok = ["{w}/idx"]
     cases = [ok + option for option in numbers({
         "--port": ["-1", "65536", "x", ""], "--threads": ["0", "-1", "257", "x"],
-        "--omp-threads": ["0", "-1", "x"]})]
+        "--omp-threads": ["0", "-1", "x"], "--batch-window-ms": ["nan", "-1"],
+        "--reload-interval": ["nan", "inf"], "--idle-timeout": ["nan", "0"],
+        "--max-upload-mb": ["nan", "inf"], "--max-upload-seconds": ["nan"],
+        "--thumb-cache-mb": ["nan", "inf"], "--token": ["", " "]})]
     cases += [ok + extra for extra in UNKNOWN]
     cases += [[f"{{w}}/{name}"] for name in ("missing", "notindex", "good.npy", "folder",
                                             "loop_a.npy", "out")] + [[]]
