@@ -69,6 +69,8 @@ def world(tmp_path_factory):
     save_features(w / "badside.npy", rows, clips)
     (w / "badside.json").write_text("{not json")
     build_index([w / "good.npy"], w / "idx", progress=False)
+    np.save(w / "plain.npy", rows)  # no sidecar: an index that names no model
+    build_index([w / "plain.npy"], w / "idx_plain", progress=False)
     (w / "notindex").mkdir()
     (w / "notindex" / "manifest.json").write_text("{}")
     out = w / "out"
@@ -228,6 +230,8 @@ def index_serve_cases():
         "--max-upload-mb": ["nan", "inf"], "--max-upload-seconds": ["nan"],
         "--thumb-cache-mb": ["nan", "inf"], "--token": ["", " "]})]
     cases += [ok + extra for extra in UNKNOWN]
+    cases += [["{w}/idx_plain", "--model", "no_such_model"],
+              ["{w}/idx", "--model", "movinet_a0_base", "--weights", "{w}/missing.pth"]]
     cases += [[f"{{w}}/{name}"] for name in ("missing", "notindex", "good.npy", "folder",
                                             "loop_a.npy", "out")] + [[]]
     return cases

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from ig65m.errors import Ig65mError
+from ig65m.models.registry import get_spec
 
 DEFAULT_MAX_MB = 200
 DEFAULT_MAX_SECONDS = 600
@@ -49,6 +50,10 @@ class UploadSearch:
         if model and self.index_model and model != self.index_model:
             raise Ig65mError(f"--model {model} differs from the index's model {self.index_model}: "
                              "uploads must be extracted with the model the index was built with")
+        if model:  # the registry is data (no torch): a typo fails at start-up, not at an upload
+            get_spec(model)
+        if weights and not weights.startswith("random") and not os.path.isfile(weights):
+            raise Ig65mError(f"weights file not found: {weights}")
         self.model = model
         self.weights = weights
         self.max_seconds = max_seconds
