@@ -176,3 +176,31 @@ def test_upload_limits_are_checked_before_any_model_loads(tmp_path):
     with pytest.raises(UploadRejected) as rejected:
         UploadSearch(manifest).video_vectors(None)
     assert rejected.value.status == 400 and "--model" in str(rejected.value)
+
+
+@pytest.mark.parametrize("npy, sidecar, said", [
+    ("big", None, "finite numbers"),  # float64 1e300: infinite as float32, was searched
+    ("good", {"clips": [[float("nan"), 1.0]] * 3}, "clip 0 is [NaN, 1"),  # was searched
+    ("good", {"clips": [[0, 1, 2]] * 3}, "clip 0 is [0, 1, 2]"),  # said "not valid JSON"
+    ("good", [1, 2], "must be a JSON object"),  # said "not valid JSON"
+    ("good", {"clips": [[0, 1]]}, "lists 1 clips for 3 feature rows"),
+    ("text", None, "no .npy header"),  # said "pickled (object) data ... allow_pickle"
+])
+def test_an_uploaded_features_pair_is_checked_as_a_local_one(npy, sidecar, said):
+    """POST /search/video with a features .npy (index-query FEATURES --remote): the rules of
+    ig65m.sidecar and the float32 range, one 400 message that says what is wrong."""
+    import io
+
+    from werkzeug.datastructures import FileStorage
+
+    from ig65m.index.upload import UploadRejected, features_vectors
+
+    rows = np.ones((3, 4))
+    rows[1, 2] = 1e300 if npy == "big" else 1.0
+    data = io.BytesIO()
+    np.save(data, rows)
+    body = b"hello" if npy == "text" else data.getvalue()
+    side = None if sidecar is None else FileStorage(io.BytesIO(json.dumps(sidecar).encode()))
+    with pytest.raises(UploadRejected) as rejected:
+        features_vectors(FileStorage(io.BytesIO(body)), side, 4)
+    assert rejected.value.status == 400 and said in str(rejected.value), str(rejected.value)
