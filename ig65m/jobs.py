@@ -69,9 +69,13 @@ def plan_jobs(paths, output_dir, from_list):
             for src, rel in expand_sources(paths, from_list)]
     if not jobs:
         raise Ig65mError("no videos found in the given paths")
-    outputs = [out for _, out in jobs]
-    if len(set(outputs)) != len(outputs):
-        raise Ig65mError("two videos would write the same features file; give folders instead")
+    seen = {}
+    for source, output in jobs:
+        if output in seen:
+            raise Ig65mError(f"{seen[output]} and {source} would both write {output}"
+                             + (" (listed twice)" if seen[output] == source else
+                                "; give their folders instead, whose layout the outputs keep"))
+        seen[output] = source
     return jobs
 
 

@@ -293,3 +293,18 @@ def test_a_list_saved_by_a_windows_editor_reads_like_any_other(tmp_path):
     listed.write_bytes("\ufeff/videos/a.mkv\r\n\r\n  # a comment\r\n/videos/b c.mkv\r\n"
                        .encode("utf-8"))
     assert read_list(listed) == ["/videos/a.mkv", "/videos/b c.mkv"]
+
+
+def test_two_videos_for_one_output_are_named(tmp_path):
+    from ig65m.errors import Ig65mError
+    from ig65m.jobs import plan_jobs
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        lossless_video(tmp_path / name / "x.mkv", frames=2)
+    with pytest.raises(Ig65mError, match=r"a/x.mkv and .*b/x.mkv would both write .*/out/x.npy;"):
+        plan_jobs([str(tmp_path / "a" / "x.mkv"), str(tmp_path / "b" / "x.mkv")], tmp_path / "out",
+                  None)
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a' / 'x.mkv'}\n" * 2)
+    with pytest.raises(Ig65mError, match=r"would both write .*x.npy \(listed twice\)"):
+        plan_jobs([], tmp_path / "out", tmp_path / "list.txt")
