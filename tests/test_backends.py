@@ -303,3 +303,20 @@ def test_a_backend_openvino_cannot_compile_is_an_error_line_or_skipped_by_auto(t
     choice = next(choice for choice in cache.read_choices().values()
                   if choice["model"] == "movinet_a0_base")
     assert choice["table"][1]["refused"].startswith("OpenVINO cannot compile")
+
+
+def test_auto_with_a_cache_it_cannot_write_still_extracts(tmp_path, monkeypatch):
+    """An unwritable $IG65M_HOME refuses the backends that need a converted file and leaves the
+    choice uncached (one note on stderr), rather than an OSError traceback."""
+    (tmp_path / "file").write_text("not a folder\n")
+    monkeypatch.setenv("IG65M_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.setattr(select, "AUTO_CANDIDATES", ("torch", "onnxruntime"))
+    monkeypatch.setattr(select, "AUTO_SECONDS", 0.1)
+    lossless_video(tmp_path / "v.mkv", frames=8)
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mkv"), str(tmp_path / "f.npy"),
+                                       "--weights", "random:0", "--model", "movinet_a0_base",
+                                       "--frame-size", "32", "--crop-size", "32", "--backend",
+                                       "auto"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads((tmp_path / "f.json").read_text())["backend"] == "torch"
+    assert "the choice is not cached: cannot create the cache folder" in result.stderr

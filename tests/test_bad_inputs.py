@@ -413,3 +413,23 @@ def test_float64_features_beyond_float32_are_one_line_in_a_real_process(world, u
         assert done.returncode == 2 and len(lines) == 1, (argv, done.stderr)
         assert "clip 1" in lines[0] or "query vector 0" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["extract", "{w}/video.mkv", "{t}/f.npy", *MODEL],  # the pretrained download's folder
+    ["classify", "{w}/video.mkv", "--weights", "random:0", *MODEL, "--frame-size", "32",
+     "--crop-size", "32", "--backend", "onnxruntime"],  # the exported model's folder
+])
+def test_a_cache_folder_that_cannot_be_made_is_one_error_line(world, tmp_path, monkeypatch,
+                                                              argv):
+    """$IG65M_HOME on a read-only filesystem (or under a file, as here): an OSError traceback
+    from mkdir before; now one line that names the variable."""
+    (tmp_path / "file").write_text("not a folder\n")
+    monkeypatch.setenv("IG65M_HOME", str(tmp_path / "file" / "home"))
+    before = snapshot(world), snapshot(tmp_path)
+    result = CliRunner().invoke(main, [arg.format(w=world, t=tmp_path) for arg in argv])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert lines[-1].startswith("error: cannot create the cache folder ") and \
+        "$IG65M_HOME" in lines[-1], lines
+    assert (snapshot(world), snapshot(tmp_path)) == before
