@@ -181,7 +181,8 @@ def index_build_cases():
     cases = [ok + ["--target-recall", value] for value in UNIT + ["-inf", ""]]
     cases += [ok + extra for extra in UNKNOWN + [
         ["--metric", "hamming"], ["--index-key", "Nonsense42"], ["--index-key", "IVF99999,Flat"],
-        ["--index-key", ""], ["--index-key", "PQ7"]]]
+        ["--index-key", ""], ["--index-key", "PQ7"], ["--index-key", "IDMap,Flat"],
+        ["--index-key", "IDMap2,IVF2,Flat"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
                      "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
                      "folder", "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex"):

@@ -56,9 +56,13 @@ def new_index(index_key, dim, metric):
     """faiss.index_factory with our metric names; a bad factory string is a user error."""
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     try:
-        return faiss.index_factory(dim, index_key, faiss_metric)
+        index = faiss.index_factory(dim, index_key, faiss_metric)
     except RuntimeError as err:
         raise Ig65mError(f"invalid --index-key {index_key!r}: {_faiss_reason(err)}") from None
+    if hasattr(faiss.downcast_index(index), "id_map"):  # IDMap: add() refuses, ids are needed
+        raise Ig65mError(f"invalid --index-key {index_key!r}: clip ids are the positions in the "
+                         f"index already; leave out IDMap")
+    return index
 
 
 def _faiss_reason(err):
