@@ -139,7 +139,8 @@ def extract_cases():
         "--duration": POS_FLOAT})]
     cases += [ok + extra for extra in UNKNOWN + [
         ["--pool-spatial", "median"], ["--tail", "wrap"], ["--backend", "tpu"],
-        ["--model", "no_such_model"], ["--device", "quantum"], ["--labels", "{w}/missing.txt"],
+        ["--model", "no_such_model"], ["--device", "quantum"], ["--device", "mps"],
+        ["--device", "meta"], ["--labels", "{w}/missing.txt"],
         ["--input-option", "novalue"], ["--frame-size", "16", "--crop-size", "32"],
         ["--clip-frames", "1000000", "--batch-size", "65536"]]]
     for video in ("missing.mkv", "text.txt", "empty.mp4", "garbage.mp4", "audio.m4a", "folder",
