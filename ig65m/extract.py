@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ig65m.clips import clip_windows, expected_clips, timed_frames
-from ig65m.defaults import BACKENDS, PRECISIONS, default_backend
+from ig65m.defaults import BACKENDS, MAX_THREADS, PRECISIONS, default_backend
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder
 from ig65m.errors import Ig65mError
@@ -67,8 +67,8 @@ class Extractor:
         self.device = resolve_device(device)
         self.progress, self.calibration = progress, calibration
         if threads is not None:
-            if threads < 1:
-                raise Ig65mError(f"--threads must be positive, got {threads}")
+            if not 1 <= threads <= MAX_THREADS:
+                raise Ig65mError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
             torch.set_num_threads(threads)
         self.threads = threads or torch.get_num_threads()
         self.pooling = (pool_spatial, pool_temporal)

@@ -140,7 +140,7 @@ def extract_cases():
     cases += [ok + extra for extra in UNKNOWN + [
         ["--pool-spatial", "median"], ["--tail", "wrap"], ["--backend", "tpu"],
         ["--model", "no_such_model"], ["--device", "quantum"], ["--device", "mps"],
-        ["--device", "meta"], ["--labels", "{w}/missing.txt"],
+        ["--device", "meta"], ["--threads", "100000"], ["--labels", "{w}/missing.txt"],
         ["--input-option", "novalue"], ["--frame-size", "16", "--crop-size", "32"],
         ["--clip-frames", "1000000", "--batch-size", "65536"]]]
     for video in ("missing.mkv", "text.txt", "empty.mp4", "garbage.mp4", "audio.m4a", "folder",
@@ -269,7 +269,7 @@ def classify_cases():
     cases = [ok + option for option in numbers({
         "--frame-size": POS_INT, "--crop-size": POS_INT, "--clip-frames": POS_INT,
         "--top": POS_INT, "--every": POS_INT, "--max-clips": POS_INT, "--duration": POS_FLOAT,
-        "--fps": POS_FLOAT, "--threads": ["0", "-1", "x"]})]
+        "--fps": POS_FLOAT, "--threads": ["0", "-1", "x", "100000"]})]
     cases += [ok + extra for extra in UNKNOWN + [
         ["--format", "xml"], ["--backend", "tpu"], ["--model", "no_such_model"],
         ["--labels", "{w}/missing.txt"], ["--labels", "{w}/folder"],
