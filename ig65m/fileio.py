@@ -163,6 +163,9 @@ class FeatureWriter:
     def __init__(self, path, *, replace=True):
         self.path = check_writable(path)
         self.replace = replace  # False: fail, rather than replace, a pair another run put there
+        if sidecar_path(self.path).is_dir():  # else found only after the .npy is in place
+            raise Ig65mError(f"cannot write {sidecar_path(self.path)}, the sidecar of "
+                             f"{self.path}: a folder is there")
         recover_pair(self.path)
         fd, self._tmp = _temp_beside(self.path)
         self._file = os.fdopen(fd, "wb")

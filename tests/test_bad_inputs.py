@@ -78,6 +78,7 @@ def world(tmp_path_factory):
     save_features(out / "exists.npy", rows, clips)
     (out / "exists.png").write_bytes(b"\x89PNG old picture")
     (out / "run").mkdir()
+    (out / "side.json").mkdir()  # where side.npy's sidecar would go
     (out / "run" / "last.pth").write_bytes(b"not a checkpoint")
     for name, state in (("foreign", {"format": CHECKPOINT_FORMAT, "config": {"nonsense": 1},
                                       "labels": ["x"]}),
@@ -147,7 +148,7 @@ def extract_cases():
                   "dangling.npy"):
         cases.append([f"{{w}}/{video}", "{w}/out/new.npy", "--weights", "random", *MODEL])
     for output in ("out/exists.npy", "out/new.txt", "missing/new.npy", "out", "loop_a.npy",
-                   "out/loop_x"):
+                   "out/loop_x", "out/side.npy"):
         cases.append(["{w}/video.mkv", f"{{w}}/{output}", "--weights", "random", *MODEL])
     cases += [["/proc/x.mkv", "{w}/out/new.npy", *MODEL], ["{w}/video.mkv", "/proc/new.npy"],
               ["{w}/video.mkv"], ["{w}/video.mkv", "{w}/out/a.npy", "{w}/out/b.npy"],
