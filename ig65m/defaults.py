@@ -20,4 +20,5 @@ def default_backend():
 FLOW_BOUND = 20.0
 # Limits of the search API, shared by the server and its torch-free, Flask-free client.
 MAX_K = 1000
+MAX_THREADS = 1024  # --threads: beyond, torch fails to allocate the threads' stacks
 MAX_VECTORS = 1024

@@ -12,6 +12,8 @@ def resolve_device(device=None):
             device = torch.device(device)
         except RuntimeError as err:
             raise Ig65mError(f"bad --device {device!r}: {err}") from None
+        if device.type not in ("cpu", "cuda"):  # mps, meta, xpu...: a traceback at the model
+            raise Ig65mError(f"--device {device} is not supported: use cpu or cuda[:N]")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise Ig65mError(f"--device {device} asked for, but CUDA is not available here")
         return device

@@ -61,6 +61,8 @@ class DreamOptions:
             raise Ig65mError("--lr must be positive and --tv at least 0 (finite numbers)")
         if self.channels is not None and (not self.channels or min(self.channels) < 0):
             raise Ig65mError("--channels takes channel numbers 0, 1, ... separated by commas")
+        if not 0 <= self.seed < 2**32:
+            raise Ig65mError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}")
 
 
 def rgb_spec(model):
@@ -297,10 +299,12 @@ class Dreamer:
         """Dream `source` from `start` for `duration` seconds -> (original, dreamt) uint8 frames,
         streamed in constant memory."""
         options.check()
-        frame_size = frame_size or self.spec.weights.crop_size
-        if frame_size < MIN_SIDE or start < 0 or (duration is not None and duration <= 0):
+        # 0 is a bad size, not "the default"; NaN passes every comparison, so test finiteness
+        frame_size = self.spec.weights.crop_size if frame_size is None else frame_size
+        if (frame_size < MIN_SIDE or not (np.isfinite(start) and start >= 0)
+                or (duration is not None and not (np.isfinite(duration) and duration > 0))):
             raise Ig65mError(f"--frame-size must be at least {MIN_SIDE}, --start at least 0 and "
-                             f"--duration positive")
+                             f"--duration positive (finite numbers)")
         objective = self.objective(options, frame_size)
         size = self.spec.weights.clip_frames
         overlap = size // 4

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ig65m.clips import clip_windows, expected_clips, timed_frames
-from ig65m.defaults import BACKENDS, PRECISIONS, default_backend
+from ig65m.defaults import BACKENDS, MAX_THREADS, PRECISIONS, default_backend
 from ig65m.device import resolve_device
 from ig65m.embedder import ClipEmbedder
 from ig65m.errors import Ig65mError
@@ -67,8 +67,8 @@ class Extractor:
         self.device = resolve_device(device)
         self.progress, self.calibration = progress, calibration
         if threads is not None:
-            if threads < 1:
-                raise Ig65mError(f"--threads must be positive, got {threads}")
+            if not 1 <= threads <= MAX_THREADS:
+                raise Ig65mError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
             torch.set_num_threads(threads)
         self.threads = threads or torch.get_num_threads()
         self.pooling = (pool_spatial, pool_temporal)
@@ -215,16 +215,17 @@ class Extractor:
         features = np.concatenate(rows).astype(np.float32, copy=False)
         return features, self.metadata(source, times, options)
 
-    def extract(self, source, output, *, format=None, on_batch=None, **options):
+    def extract(self, source, output, *, format=None, on_batch=None, replace=True, **options):
         """Write the features of `source` to `output` (.npy + .json sidecar, atomically) -> meta.
 
         `on_batch(batch)`, if given, sees every Batch (logits included) as it is written. A live
         source (camera, lavfi) stopped with Ctrl-C keeps what was extracted until then; a file
-        interrupted or failing leaves nothing behind.
+        interrupted or failing leaves nothing behind. `replace=False`: an `output` that another
+        run wrote meanwhile is an Ig65mError, not replaced.
         """
         check_writable(output)
         times, interrupted = [], False
-        with FeatureWriter(output) as writer:
+        with FeatureWriter(output, replace=replace) as writer:
             try:
                 batches = self.batches(source, format=format, **options)
                 for batch in self.progress_bar(batches, source, dict(options, format=format)):

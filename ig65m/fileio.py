@@ -160,8 +160,12 @@ class FeatureWriter:
     removes the temporary files.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, replace=True):
         self.path = check_writable(path)
+        self.replace = replace  # False: fail, rather than replace, a pair another run put there
+        if sidecar_path(self.path).is_dir():  # else found only after the .npy is in place
+            raise Ig65mError(f"cannot write {sidecar_path(self.path)}, the sidecar of "
+                             f"{self.path}: a folder is there")
         recover_pair(self.path)
         fd, self._tmp = _temp_beside(self.path)
         self._file = os.fdopen(fd, "wb")
@@ -205,10 +209,37 @@ class FeatureWriter:
             self.abort()
             raise
         _hook("IG65M_TEST_KILL_BEFORE_NPY")
-        os.replace(self._tmp, self.path)
+        try:
+            self._move_into_place()
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending)
+            self.abort()
+            raise
         _hook("IG65M_TEST_KILL_AFTER_NPY")
         with contextlib.suppress(FileNotFoundError):  # a reader may have rolled it forward already
             os.replace(pending, sidecar_path(self.path))
+
+    def _move_into_place(self):
+        """Rename the .npy into place; without `replace`, only if nothing is there yet, checked
+        and done in one step (a hard link fails if the name exists): two runs started before
+        either had written cannot both succeed, one silently replacing the other's features."""
+        if self.replace:
+            os.replace(self._tmp, self.path)
+            return
+        try:
+            os.link(self._tmp, self.path)
+        except FileExistsError:
+            raise Ig65mError(f"{self.path} was written by another run while this one extracted: "
+                             f"left as it is; pass --overwrite to replace it") from None
+        except OSError:  # a filesystem without hard links: the check and the rename apart
+            if self.path.exists():
+                raise Ig65mError(f"{self.path} was written by another run while this one "
+                                 f"extracted: left as it is; pass --overwrite to replace it") \
+                    from None
+            os.replace(self._tmp, self.path)
+            return
+        os.unlink(self._tmp)
 
     def abort(self):
         if not self._file.closed:
@@ -306,8 +337,9 @@ def load_features(path, *, verify=True):
         raise Ig65mError(f"not a valid .npy features file: {path} ({err})") from None
     if features.ndim != 2:
         raise Ig65mError(f"features in {path} must be 2-d (clips x dims), got shape {features.shape}")
-    if not np.issubdtype(features.dtype, np.number):
-        raise Ig65mError(f"features in {path} are not numbers (dtype {features.dtype})")
+    if not (np.issubdtype(features.dtype, np.integer) or np.issubdtype(features.dtype, np.floating)):
+        # complex numbers too: casting them to float32 would silently drop the imaginary part
+        raise Ig65mError(f"features in {path} are not real numbers (dtype {features.dtype})")
     path = resolve_output(path)  # a symlinked file's sidecar lies beside its target
     recover_pair(path)
     side = sidecar_path(path)

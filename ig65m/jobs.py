@@ -42,14 +42,16 @@ def expand_sources(paths, from_list):
 
 
 def read_list(from_list):
-    """The video paths of a --from-list file: one a line, blank lines and # comments skipped."""
+    """The video paths of a --from-list file: one a line, blank lines and # comments skipped.
+    A byte-order mark (as Windows editors and spreadsheets save UTF-8) is not part of the first
+    path."""
     if from_list is None:
         return []
     try:
-        lines = Path(from_list).read_text(encoding="utf-8").splitlines()
+        lines = Path(from_list).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise Ig65mError(f"cannot read --from-list {from_list}: {err}") from None
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
 def plan_jobs(paths, output_dir, from_list):
@@ -67,9 +69,13 @@ def plan_jobs(paths, output_dir, from_list):
             for src, rel in expand_sources(paths, from_list)]
     if not jobs:
         raise Ig65mError("no videos found in the given paths")
-    outputs = [out for _, out in jobs]
-    if len(set(outputs)) != len(outputs):
-        raise Ig65mError("two videos would write the same features file; give folders instead")
+    seen = {}
+    for source, output in jobs:
+        if output in seen:
+            raise Ig65mError(f"{seen[output]} and {source} would both write {output}"
+                             + (" (listed twice)" if seen[output] == source else
+                                "; give their folders instead, whose layout the outputs keep"))
+        seen[output] = source
     return jobs
 
 

@@ -16,10 +16,11 @@ LABELS_DIR = Path(__file__).parent / "data" / "labels"
 
 
 def read_labels(path):
-    """Names from a text file, one per line (blank lines skipped) -> list of str."""
+    """Names from a text file, one per line (blank lines skipped) -> list of str. A UTF-8
+    byte-order mark (Windows editors) is not part of the first name, as in dataset CSVs."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise Ig65mError(f"labels file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -159,6 +159,19 @@ def cache_dir():
     return Path(base) / "ig65m"
 
 
+def cache_folder(folder):
+    """Create the cache folder `folder` (weights/, backends/) -> Path; an Ig65mError naming
+    $IG65M_HOME when it cannot be made (a read-only home, a container's read-only root)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Ig65mError(f"cannot create the cache folder {folder} "
+                         f"({getattr(err, 'strerror', None) or err}): set $IG65M_HOME to a "
+                         f"writable folder") from None
+    return folder
+
+
 def _as_pin(pin):
     """A Pin, or a bare string taken as a sha256 (prefix), or None."""
     return Pin("sha256", pin) if isinstance(pin, str) else pin
@@ -180,7 +193,7 @@ def fetch(url, pin=None, *, progress=True, folder=None):
             return target, digests
         log.warning("cached %s does not match its %s pin, downloading again", target, pin.kind)
         target.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+    cache_folder(folder)
     try:
         with atomic_path(target) as tmp:
             _fetch(url, tmp, progress)

@@ -277,3 +277,46 @@ def test_hardware_decode_falls_back_to_the_cpu(video):
     plain = [frame.image for frame in read_frames(video, frame_size=40)]
     hardware = [frame.image for frame in read_frames(video, frame_size=40, hwaccel="cuda")]
     assert len(plain) == 64 and all(np.array_equal(a, b) for a, b in zip(plain, hardware))
+
+
+@needs_bf16
+def test_a_backend_openvino_cannot_compile_is_an_error_line_or_skipped_by_auto(tmp_path,
+                                                                              monkeypatch):
+    """MoViNet-A0 at a 32-pixel crop has an average pool OpenVINO's CPU plugin has no bf16 kernel
+    for (this OpenVINO): asked for by name it is one error line, not a RuntimeError traceback,
+    and `auto` refuses it and goes on with the others."""
+    lossless_video(tmp_path / "v.mkv", frames=8)
+    argv = ["extract", str(tmp_path / "v.mkv"), str(tmp_path / "f.npy"), "--weights",
+            "random:0", "--model", "movinet_a0_base", "--frame-size", "32", "--crop-size", "32"]
+    result = CliRunner().invoke(main, argv + ["--backend", "openvino-bf16"])
+    if result.exit_code == 0:
+        pytest.skip("this OpenVINO compiles the layer in bf16")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert lines[-1].startswith("error: OpenVINO cannot compile"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mkv"]
+    monkeypatch.setattr(select, "AUTO_CANDIDATES", ("torch", "openvino-bf16"))
+    monkeypatch.setattr(select, "AUTO_SECONDS", 0.1)
+    result = CliRunner().invoke(main, argv + ["--backend", "auto"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads((tmp_path / "f.json").read_text())["backend"] == "torch"
+    choice = next(choice for choice in cache.read_choices().values()
+                  if choice["model"] == "movinet_a0_base")
+    assert choice["table"][1]["refused"].startswith("OpenVINO cannot compile")
+
+
+def test_auto_with_a_cache_it_cannot_write_still_extracts(tmp_path, monkeypatch):
+    """An unwritable $IG65M_HOME refuses the backends that need a converted file and leaves the
+    choice uncached (one note on stderr), rather than an OSError traceback."""
+    (tmp_path / "file").write_text("not a folder\n")
+    monkeypatch.setenv("IG65M_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.setattr(select, "AUTO_CANDIDATES", ("torch", "onnxruntime"))
+    monkeypatch.setattr(select, "AUTO_SECONDS", 0.1)
+    lossless_video(tmp_path / "v.mkv", frames=8)
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mkv"), str(tmp_path / "f.npy"),
+                                       "--weights", "random:0", "--model", "movinet_a0_base",
+                                       "--frame-size", "32", "--crop-size", "32", "--backend",
+                                       "auto"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads((tmp_path / "f.json").read_text())["backend"] == "torch"
+    assert "the choice is not cached: cannot create the cache folder" in result.stderr

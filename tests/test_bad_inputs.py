@@ -64,10 +64,13 @@ def world(tmp_path_factory):
     np.save(w / "onedim.npy", np.ones(5, np.float32))
     np.save(w / "zero.npy", np.zeros((0, DIM), np.float32))
     np.save(w / "strings.npy", np.array([["a", "b"]]))
+    np.save(w / "complex.npy", rows.astype(np.complex64))
     np.save(w / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     save_features(w / "badside.npy", rows, clips)
     (w / "badside.json").write_text("{not json")
     build_index([w / "good.npy"], w / "idx", progress=False)
+    np.save(w / "plain.npy", rows)  # no sidecar: an index that names no model
+    build_index([w / "plain.npy"], w / "idx_plain", progress=False)
     (w / "notindex").mkdir()
     (w / "notindex" / "manifest.json").write_text("{}")
     out = w / "out"
@@ -75,6 +78,7 @@ def world(tmp_path_factory):
     save_features(out / "exists.npy", rows, clips)
     (out / "exists.png").write_bytes(b"\x89PNG old picture")
     (out / "run").mkdir()
+    (out / "side.json").mkdir()  # where side.npy's sidecar would go
     (out / "run" / "last.pth").write_bytes(b"not a checkpoint")
     for name, state in (("foreign", {"format": CHECKPOINT_FORMAT, "config": {"nonsense": 1},
                                       "labels": ["x"]}),
@@ -136,14 +140,15 @@ def extract_cases():
         "--duration": POS_FLOAT})]
     cases += [ok + extra for extra in UNKNOWN + [
         ["--pool-spatial", "median"], ["--tail", "wrap"], ["--backend", "tpu"],
-        ["--model", "no_such_model"], ["--device", "quantum"], ["--labels", "{w}/missing.txt"],
+        ["--model", "no_such_model"], ["--device", "quantum"], ["--device", "mps"],
+        ["--device", "meta"], ["--threads", "100000"], ["--labels", "{w}/missing.txt"],
         ["--input-option", "novalue"], ["--frame-size", "16", "--crop-size", "32"],
         ["--clip-frames", "1000000", "--batch-size", "65536"]]]
     for video in ("missing.mkv", "text.txt", "empty.mp4", "garbage.mp4", "audio.m4a", "folder",
                   "dangling.npy"):
         cases.append([f"{{w}}/{video}", "{w}/out/new.npy", "--weights", "random", *MODEL])
     for output in ("out/exists.npy", "out/new.txt", "missing/new.npy", "out", "loop_a.npy",
-                   "out/loop_x"):
+                   "out/loop_x", "out/side.npy"):
         cases.append(["{w}/video.mkv", f"{{w}}/{output}", "--weights", "random", *MODEL])
     cases += [["/proc/x.mkv", "{w}/out/new.npy", *MODEL], ["{w}/video.mkv", "/proc/new.npy"],
               ["{w}/video.mkv"], ["{w}/video.mkv", "{w}/out/a.npy", "{w}/out/b.npy"],
@@ -163,8 +168,8 @@ def semcode_cases():
         "--dpi": POS_INT + ["5"]})]
     cases += [ok + extra for extra in UNKNOWN + [["--view", "cube"], ["--scale", "log"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
-                     "strings.npy", "objects.npy", "changed.npy", "badside.npy", "folder",
-                     "loop_a.npy", "dangling.npy", "video.mkv"):
+                     "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
+                     "folder", "loop_a.npy", "dangling.npy", "video.mkv"):
         cases.append([f"{{w}}/{features}", "{w}/out/new.png"])
     for picture in ("out/new.gif", "out/new", "missing/new.png", "out", "loop_a.npy",
                     "out/loop_x", "out/exists.png/x.png"):
@@ -178,10 +183,11 @@ def index_build_cases():
     cases = [ok + ["--target-recall", value] for value in UNIT + ["-inf", ""]]
     cases += [ok + extra for extra in UNKNOWN + [
         ["--metric", "hamming"], ["--index-key", "Nonsense42"], ["--index-key", "IVF99999,Flat"],
-        ["--index-key", ""], ["--index-key", "PQ7"]]]
+        ["--index-key", ""], ["--index-key", "PQ7"], ["--index-key", "IDMap,Flat"],
+        ["--index-key", "IDMap2,IVF2,Flat"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
-                     "strings.npy", "objects.npy", "changed.npy", "badside.npy", "folder",
-                     "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex"):
+                     "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
+                     "folder", "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex"):
         cases.append([f"{{w}}/{features}", "{w}/out/newidx", "--quiet"])
     cases += [["{w}/good.npy", "{w}/other_dim.npy", "{w}/out/newidx", "--quiet"],
               ["{w}/good.npy", "{w}/idx", "--quiet"],
@@ -208,7 +214,7 @@ def index_query_cases():
     cases += [ok + extra for extra in UNKNOWN + [["--format", "xml"]]]
     cases += [["{w}/good.npy", value, "--url", "{url}"] for value in ("-1", "12", "x", "1.5")]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
-                     "strings.npy", "objects.npy", "changed.npy", "badside.npy",
+                     "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
                      "other_dim.npy", "loop_a.npy", "dangling.npy"):
         cases.append([f"{{w}}/{features}", "--url", "{url}"])
     cases += [["{w}/good.npy", "--url", "http://127.0.0.1:9"],
@@ -222,8 +228,13 @@ def index_serve_cases():
     ok = ["{w}/idx"]
     cases = [ok + option for option in numbers({
         "--port": ["-1", "65536", "x", ""], "--threads": ["0", "-1", "257", "x"],
-        "--omp-threads": ["0", "-1", "x"]})]
+        "--omp-threads": ["0", "-1", "x"], "--batch-window-ms": ["nan", "-1"],
+        "--reload-interval": ["nan", "inf"], "--idle-timeout": ["nan", "0"],
+        "--max-upload-mb": ["nan", "inf"], "--max-upload-seconds": ["nan"],
+        "--thumb-cache-mb": ["nan", "inf"], "--token": ["", " "]})]
     cases += [ok + extra for extra in UNKNOWN]
+    cases += [["{w}/idx_plain", "--model", "no_such_model"],
+              ["{w}/idx", "--model", "movinet_a0_base", "--weights", "{w}/missing.pth"]]
     cases += [[f"{{w}}/{name}"] for name in ("missing", "notindex", "good.npy", "folder",
                                             "loop_a.npy", "out")] + [[]]
     return cases
@@ -259,7 +270,7 @@ def classify_cases():
     cases = [ok + option for option in numbers({
         "--frame-size": POS_INT, "--crop-size": POS_INT, "--clip-frames": POS_INT,
         "--top": POS_INT, "--every": POS_INT, "--max-clips": POS_INT, "--duration": POS_FLOAT,
-        "--fps": POS_FLOAT, "--threads": ["0", "-1", "x"]})]
+        "--fps": POS_FLOAT, "--threads": ["0", "-1", "x", "100000"]})]
     cases += [ok + extra for extra in UNKNOWN + [
         ["--format", "xml"], ["--backend", "tpu"], ["--model", "no_such_model"],
         ["--labels", "{w}/missing.txt"], ["--labels", "{w}/folder"],
@@ -367,3 +378,61 @@ def test_bad_input_is_one_error_line_and_changes_nothing(world, request, no_exec
 def test_every_command_gets_at_least_40_bad_inputs():
     counts = {command: len(cases) for command, cases in case_list().items()}
     assert all(count >= 40 for command, count in counts.items() if command != "index-serve"), counts
+
+
+@pytest.mark.parametrize("bad", ["features", "source"])
+def test_a_path_that_is_not_utf8_is_one_error_line_and_no_index(tmp_path, bad):
+    """The index's metadata keeps paths as UTF-8 text: a file or video named with other bytes (as
+    extract happily writes them) is refused up front, not with a UnicodeEncodeError mid-build."""
+    name = os.fsdecode(b"caf\xe9") if bad == "features" else "cafe"
+    rows = np.ones((3, DIM), np.float32)
+    source = os.fsdecode(b"/videos/caf\xe9.mp4") if bad == "source" else "/videos/cafe.mp4"
+    save_features(tmp_path / f"{name}.npy", rows, {"source": source,
+                                                   "clips": [[i, i + 1.0] for i in range(3)]})
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(main, ["index-build", str(tmp_path / f"{name}.npy"),
+                                       str(tmp_path / "idx"), "--quiet"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "UTF-8" in lines[0], lines
+    assert snapshot(tmp_path) == before
+
+
+def test_float64_features_beyond_float32_are_one_line_in_a_real_process(world, url, tmp_path):
+    """numpy's RuntimeWarning (overflow in cast), with its source line, came before the error on
+    stderr; in-process runs do not show it (pytest records warnings), so real processes here."""
+    import subprocess
+
+    rows = np.ones((3, DIM))
+    rows[1, 2] = 1e300  # finite in float64, infinite as float32
+    np.save(tmp_path / "big.npy", rows)
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(__file__))),
+               PYTHONWARNINGS="default")
+    for argv in (["index-build", str(tmp_path / "big.npy"), str(tmp_path / "idx"), "--quiet"],
+                 ["index-query", str(tmp_path / "big.npy"), "1", "--url", url]):
+        done = subprocess.run([sys.executable, "-m", "ig65m", *argv], capture_output=True,
+                              text=True, timeout=120, env=env)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (argv, done.stderr)
+        assert "clip 1" in lines[0] or "query vector 0" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["extract", "{w}/video.mkv", "{t}/f.npy", *MODEL],  # the pretrained download's folder
+    ["classify", "{w}/video.mkv", "--weights", "random:0", *MODEL, "--frame-size", "32",
+     "--crop-size", "32", "--backend", "onnxruntime"],  # the exported model's folder
+])
+def test_a_cache_folder_that_cannot_be_made_is_one_error_line(world, tmp_path, monkeypatch,
+                                                              argv):
+    """$IG65M_HOME on a read-only filesystem (or under a file, as here): an OSError traceback
+    from mkdir before; now one line that names the variable."""
+    (tmp_path / "file").write_text("not a folder\n")
+    monkeypatch.setenv("IG65M_HOME", str(tmp_path / "file" / "home"))
+    before = snapshot(world), snapshot(tmp_path)
+    result = CliRunner().invoke(main, [arg.format(w=world, t=tmp_path) for arg in argv])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert lines[-1].startswith("error: cannot create the cache folder ") and \
+        "$IG65M_HOME" in lines[-1], lines
+    assert (snapshot(world), snapshot(tmp_path)) == before

@@ -146,6 +146,12 @@ BAD = {
     "steps": ["--steps", "0"],
     "lr": ["--lr", "-1"],
     "frame size": ["--frame-size", "8"],
+    "frame size 0": ["--frame-size", "0"],  # not "the default"
+    "start nan": ["--start", "nan"],
+    "start inf": ["--start", "inf"],
+    "duration nan": ["--duration", "nan"],
+    "duration inf": ["--duration", "inf"],
+    "seed negative": ["--seed", "-1"],
     "empty span": ["--start", "100"],
 }
 

@@ -162,3 +162,12 @@ def test_bad_input_is_one_line_and_exit_2(probe, tmp_path):
         assert len(errors) == 1 and message in errors[0], result.stderr
         assert result.stderr.strip().endswith(errors[0])  # notes first, then the one error line
         assert not (tmp_path / "o").exists()
+
+
+def test_a_label_list_saved_with_a_byte_order_mark_names_its_first_class(tmp_path):
+    """'1 label(s) of the dataset are not in the label list: 'jump'' when the list file began
+    with a UTF-8 BOM (the mark stuck to 'jump'); dataset CSVs already read it as utf-8-sig."""
+    from ig65m.labels import read_labels
+
+    (tmp_path / "labels.txt").write_bytes("\ufeffjump\r\nrun\r\n".encode("utf-8"))
+    assert read_labels(tmp_path / "labels.txt") == ["jump", "run"]

@@ -282,3 +282,29 @@ def test_labels_print_top5_per_clip_and_for_the_video(tmp_path, weights):
     result = run(tmp_path / "v.mkv", tmp_path / "g.npy", "--weights", weights, "--model", MODEL,
                  *SMALL, "--labels", tmp_path / "short.txt")
     assert result.exit_code == 2 and not (tmp_path / "g.npy").exists()
+
+
+def test_a_list_saved_by_a_windows_editor_reads_like_any_other(tmp_path):
+    """A UTF-8 byte-order mark used to stay on the first path ('1 of 2 videos failed:
+    \\ufeff/videos/a.mkv', the mark invisible in the message); an indented # line was a path."""
+    from ig65m.jobs import read_list
+
+    listed = tmp_path / "list.txt"
+    listed.write_bytes("\ufeff/videos/a.mkv\r\n\r\n  # a comment\r\n/videos/b c.mkv\r\n"
+                       .encode("utf-8"))
+    assert read_list(listed) == ["/videos/a.mkv", "/videos/b c.mkv"]
+
+
+def test_two_videos_for_one_output_are_named(tmp_path):
+    from ig65m.errors import Ig65mError
+    from ig65m.jobs import plan_jobs
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        lossless_video(tmp_path / name / "x.mkv", frames=2)
+    with pytest.raises(Ig65mError, match=r"a/x.mkv and .*b/x.mkv would both write .*/out/x.npy;"):
+        plan_jobs([str(tmp_path / "a" / "x.mkv"), str(tmp_path / "b" / "x.mkv")], tmp_path / "out",
+                  None)
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a' / 'x.mkv'}\n" * 2)
+    with pytest.raises(Ig65mError, match=r"would both write .*x.npy \(listed twice\)"):
+        plan_jobs([], tmp_path / "out", tmp_path / "list.txt")

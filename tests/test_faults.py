@@ -79,6 +79,28 @@ def test_a_sidecar_that_disagrees_with_its_features_is_refused(tmp_path):
         load_features(path)
 
 
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_run_that_must_not_replace_leaves_another_runs_new_pair_whole(tmp_path, replace):
+    """`extract VIDEO OUT.npy` without --overwrite checks OUT at its start; a second run that
+    started at the same time (the same output name in a parallel script) and finished first must
+    not be silently replaced: this run fails, leaving the other's pair whole and nothing of its
+    own. With --overwrite (replace=True) the later commit wins, as before."""
+    from ig65m.fileio import FeatureWriter
+
+    path = tmp_path / "f.npy"
+    writer = FeatureWriter(path, replace=replace)
+    writer.write(features(5, seed=2))
+    save_features(path, features(4, seed=1), meta(4))  # the other run commits first
+    if replace:
+        writer.commit(meta(5))
+        assert np.array_equal(load_features(path)[0], features(5, seed=2))
+    else:
+        with pytest.raises(Ig65mError, match="written by another run"):
+            writer.commit(meta(5))
+        assert np.array_equal(load_features(path)[0], features(4, seed=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "f.npy"]
+
+
 def test_a_symlinked_output_is_written_where_it_points(tmp_path):
     (tmp_path / "here").mkdir()
     (tmp_path / "there").mkdir()

@@ -176,3 +176,49 @@ def test_upload_limits_are_checked_before_any_model_loads(tmp_path):
     with pytest.raises(UploadRejected) as rejected:
         UploadSearch(manifest).video_vectors(None)
     assert rejected.value.status == 400 and "--model" in str(rejected.value)
+
+
+@pytest.mark.parametrize("npy, sidecar, said", [
+    ("big", None, "finite numbers"),  # float64 1e300: infinite as float32, was searched
+    ("good", {"clips": [[float("nan"), 1.0]] * 3}, "clip 0 is [NaN, 1"),  # was searched
+    ("good", {"clips": [[0, 1, 2]] * 3}, "clip 0 is [0, 1, 2]"),  # said "not valid JSON"
+    ("good", [1, 2], "must be a JSON object"),  # said "not valid JSON"
+    ("good", {"clips": [[0, 1]]}, "lists 1 clips for 3 feature rows"),
+    ("text", None, "no .npy header"),  # said "pickled (object) data ... allow_pickle"
+])
+def test_an_uploaded_features_pair_is_checked_as_a_local_one(npy, sidecar, said):
+    """POST /search/video with a features .npy (index-query FEATURES --remote): the rules of
+    ig65m.sidecar and the float32 range, one 400 message that says what is wrong."""
+    import io
+
+    from werkzeug.datastructures import FileStorage
+
+    from ig65m.index.upload import UploadRejected, features_vectors
+
+    rows = np.ones((3, 4))
+    rows[1, 2] = 1e300 if npy == "big" else 1.0
+    data = io.BytesIO()
+    np.save(data, rows)
+    body = b"hello" if npy == "text" else data.getvalue()
+    side = None if sidecar is None else FileStorage(io.BytesIO(json.dumps(sidecar).encode()))
+    with pytest.raises(UploadRejected) as rejected:
+        features_vectors(FileStorage(io.BytesIO(body)), side, 4)
+    assert rejected.value.status == 400 and said in str(rejected.value), str(rejected.value)
+
+
+def test_thumbnails_of_an_index_whose_cache_cannot_be_written_are_served_uncached(tmp_path):
+    """An index on a read-only volume (here: a file where `<index>.thumbs` would go): every
+    thumbnail used to be 404 'cannot make a thumbnail (OSError)'; now it is made each time."""
+    from ig65m.fileio import save_features
+    from ig65m.index.server import create_app
+    from tests.videos import lossless_video
+
+    lossless_video(tmp_path / "v.mkv", 20, fps=10)
+    save_features(tmp_path / "v.npy", np.ones((2, 4), np.float32),
+                  {"source": str(tmp_path / "v.mkv"), "clips": [[0.0, 1.0], [1.0, 2.0]]})
+    build_index([tmp_path / "v.npy"], tmp_path / "idx", progress=False)
+    (tmp_path / "idx.thumbs").write_text("not a folder\n")
+    response = create_app(tmp_path / "idx").test_client().get("/thumbs/1")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "image/jpeg" and response.data[:3] == b"\xff\xd8\xff"
+    assert (tmp_path / "idx.thumbs").read_text() == "not a folder\n"

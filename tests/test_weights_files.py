@@ -111,3 +111,58 @@ def test_a_wrong_weights_file_is_one_line_in_each_command(bad_files, tmp_path, f
         assert len(lines) == 1 and lines[0].startswith("error: "), (command, result.stderr)
         assert re.search(said, lines[0]), (command, lines[0])
     assert not list(tmp_path.glob("f.*")) and not list(tmp_path.glob("out*"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_weights_saved_in_another_float_precision_load_as_float32(tmp_path, dtype):
+    """A state_dict saved in double or half precision (a numpy conversion, a fp16 release) gives
+    the features of its float32 values, not a RuntimeError traceback at the first clip."""
+    from tests.videos import lossless_video
+
+    model, _ = get_model("movinet_a0_base", "random:0")
+    state = {key: value.to(dtype) if value.is_floating_point() else value
+             for key, value in model.state_dict().items()}
+    torch.save(state, tmp_path / "w.pth")
+    torch.save({key: value.to(dtype).float() if value.is_floating_point() else value
+                for key, value in model.state_dict().items()}, tmp_path / "w32.pth")
+    lossless_video(tmp_path / "v.mkv", frames=4)
+    for name in ("w", "w32"):
+        result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mkv"),
+                                           str(tmp_path / f"{name}.npy"), "--weights",
+                                           str(tmp_path / f"{name}.pth"), "--model",
+                                           "movinet_a0_base", "--frame-size", "32",
+                                           "--crop-size", "32", "--backend", "torch"])
+        assert result.exit_code == 0, (result.output, result.exception)
+    assert np.array_equal(np.load(tmp_path / "w.npy"), np.load(tmp_path / "w32.npy"))
+
+
+def test_integer_tensors_for_float_parameters_are_one_error_line():
+    model, _ = get_model("movinet_a0_base", "random:0")
+    state = dict(model.state_dict())
+    key = next(key for key in state if key.endswith("weight"))
+    state[key] = state[key].to(torch.int32)
+    with pytest.raises(Ig65mError, match=f"{re.escape(key)} is torch.int32, the model's is "
+                                         "torch.float32"):
+        load_weights(model, state, source="x.pth")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_one_error_line_and_write_nothing(tmp_path, value):
+    """They used to give a features file of NaN, exit 0, that index-build then refused."""
+    from tests.videos import lossless_video
+
+    model, _ = get_model("movinet_a0_base", "random:0")
+    state = dict(model.state_dict())
+    key = next(key for key in state if key.endswith("weight"))
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = value
+    torch.save(state, tmp_path / "w.pth")
+    lossless_video(tmp_path / "v.mkv", frames=4)
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mkv"), str(tmp_path / "f.npy"),
+                                       "--weights", str(tmp_path / "w.pth"), "--model",
+                                       "movinet_a0_base", "--frame-size", "32", "--crop-size", "32",
+                                       "--backend", "torch"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"error: weights in {tmp_path / 'w.pth'} hold NaN or infinite values ({key})"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mkv", "w.pth"]

@@ -14,7 +14,7 @@ from functools import lru_cache
 from importlib import metadata
 
 from ig65m.fileio import write_json
-from ig65m.weights import cache_dir
+from ig65m.weights import cache_dir, cache_folder
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "nncf")
 
@@ -67,9 +67,7 @@ def model_key(model, weights_sha256, pooling, clip_shape, extra=()):
 
 
 def backends_dir():
-    folder = cache_dir() / "backends"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return cache_folder(cache_dir() / "backends")
 
 
 def read_choices():

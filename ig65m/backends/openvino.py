@@ -55,7 +55,12 @@ class OpenVinoRunner:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = _core()
-        self.compiled = core.compile_model(core.read_model(os.fspath(path)), "CPU", config)
+        try:
+            self.compiled = core.compile_model(core.read_model(os.fspath(path)), "CPU", config)
+        except RuntimeError as err:  # OpenVINO's CPU plugin lacks a kernel for some layer
+            reason = [line for line in str(err).splitlines() if line.strip()][-1:] or ["?"]
+            raise Ig65mError(f"OpenVINO cannot compile {Path(path).name} in {precision} on this "
+                             f"CPU: {reason[0].strip()}") from None
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(name) for name in ("logits", "features")]
 

@@ -91,11 +91,15 @@ def _auto(target, gate_clips, batch_size):
         f"{best['clips_per_s']:.2f} clips/s, x{best.get('ratio_to_torch', 1):.2f} torch "
         f"(`ig65m models --backends` shows the table)")
     if key:
-        cache.save_choice(key, {"model": target.model, "clip_shape": list(target.clip_shape),
-                                "backend": best["backend"], "precision": best["precision"],
-                                "int8_model": best.get("file"), "threads": target.threads,
-                                "versions": cache.runtime_versions(), "cpu": cache.cpu_name(),
-                                "load": round(os.getloadavg()[0], 2), "table": rows})
+        try:
+            cache.save_choice(key, {"model": target.model, "clip_shape": list(target.clip_shape),
+                                    "backend": best["backend"], "precision": best["precision"],
+                                    "int8_model": best.get("file"), "threads": target.threads,
+                                    "versions": cache.runtime_versions(),
+                                    "cpu": cache.cpu_name(),
+                                    "load": round(os.getloadavg()[0], 2), "table": rows})
+        except Ig65mError as err:  # an unwritable cache: this run goes on, the next measures again
+            say(f"the choice is not cached: {err}")
     return runners[best["backend"]]
 
 

@@ -4,7 +4,7 @@ import functools
 
 import click
 
-from ig65m.defaults import BACKEND_VARIABLE, BACKENDS, default_backend
+from ig65m.defaults import BACKEND_VARIABLE, BACKENDS, MAX_THREADS, default_backend
 
 
 def backend_options(function):
@@ -19,7 +19,7 @@ def backend_options(function):
         click.option("--onnx", type=click.Path(dir_okay=False), default=None,
                      help="An exported model to run with --backend onnxruntime or openvino "
                           "(no torch weights are loaded); default: export into the cache."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
+        click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                      help="CPU threads for the model [one per core; stream models: 1]."),
         click.option("--calibration", type=click.Path(exists=True), multiple=True,
                      help="Videos or folders whose clips calibrate INT8 and check the accuracy "

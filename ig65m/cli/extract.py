@@ -85,7 +85,7 @@ def extract(paths, output_dir, from_list, overwrite, input_format, old_input_for
                                         overwrite=overwrite, emit=_emit, say=_say)
     else:
         if output_dir is None:
-            failed, attempted = _extract_one(*jobs[0], model_kwargs, run_kwargs, labels)
+            failed, attempted = _extract_one(*jobs[0], model_kwargs, run_kwargs, labels, overwrite)
         else:
             extractor = Extractor(**model_kwargs)
             failed, attempted = _extract_many(extractor, jobs, output_dir, run_kwargs, labels,
@@ -111,13 +111,14 @@ def _say(text):
     click.echo(text, err=True)
 
 
-def _extract_one(source, output, model_kwargs, run_kwargs, labels):
+def _extract_one(source, output, model_kwargs, run_kwargs, labels, overwrite):
     """VIDEO FEATURES.npy (checked by `_check_single_output`): errors stop at once."""
     check_source(source, format=run_kwargs["format"])  # before the model loads
     extractor = Extractor(**model_kwargs)
     tally, clip_tops = (ClipLabels(labels) if labels is not None else None), []
     on_batch = None if tally is None else (lambda batch: clip_tops.extend(tally.add(batch)))
-    meta = extractor.extract(source, output, **run_kwargs, on_batch=on_batch)
+    meta = extractor.extract(source, output, **run_kwargs, on_batch=on_batch,
+                             replace=overwrite)
     _emit(video_record(source, output, meta, tally, clip_tops))
     return [], 1
 

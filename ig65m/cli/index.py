@@ -83,14 +83,14 @@ def index_build(paths, index_key, metric, append, target_recall, path_prefixes, 
                    "uploads); its front answers POST /search itself.")
 @click.option("--omp-threads", type=click.IntRange(1, 1024), default=None,
               help="OpenMP threads per worker's searches [cores / --workers, at least 1]")
-@click.option("--batch-window-ms", type=click.FloatRange(0, 100), default=0.5, show_default=True,
+@click.option("--batch-window-ms", type=finite(0, 100), default=0.5, show_default=True,
               help="Under load, how long a search waits for others to share its Faiss call.")
-@click.option("--reload-interval", type=click.FloatRange(0, 3600), default=1.0, show_default=True,
+@click.option("--reload-interval", type=finite(0, 3600), default=1.0, show_default=True,
               help="Seconds between checks for a new index (index-build --append); 0: only on "
                    "SIGHUP or POST /reload.")
 @click.option("--max-connections", type=click.IntRange(1, 100000), default=1000,
               show_default=True, help="Open connections a worker keeps at most.")
-@click.option("--idle-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+@click.option("--idle-timeout", type=finite(1, 3600), default=30.0, show_default=True,
               help="Seconds after which an idle connection is closed.")
 @click.option("--cors-origin", multiple=True,
               help="Allow cross-origin requests from this origin ('*': any); repeatable.")
@@ -104,13 +104,13 @@ def index_build(paths, index_key, metric, append, target_recall, path_prefixes, 
 @click.option("--media-root", "media_roots", multiple=True, type=click.Path(file_okay=False),
               help="Serve videos and thumbnails only from this folder (repeatable) [the folders "
                    "the index was built from]")
-@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=200,
+@click.option("--max-upload-mb", type=finite(0, min_open=True), default=200,
               show_default=True, help="Largest upload accepted.")
-@click.option("--max-upload-seconds", type=click.FloatRange(0, min_open=True), default=600,
+@click.option("--max-upload-seconds", type=finite(0, min_open=True), default=600,
               show_default=True, help="Longest uploaded video accepted.")
 @click.option("--upload-queue", type=click.IntRange(0, 64), default=2, show_default=True,
               help="Uploads that may wait while one is extracted; more get 503.")
-@click.option("--thumb-cache-mb", type=click.FloatRange(0, min_open=True), default=256,
+@click.option("--thumb-cache-mb", type=finite(0, min_open=True), default=256,
               show_default=True, help="Size bound of the thumbnail cache beside the index.")
 def index_serve(index_dir, token, cors_origin, access_log, model, weights, media_roots,
                 max_upload_mb, max_upload_seconds, upload_queue, thumb_cache_mb, **options):
@@ -124,7 +124,9 @@ def index_serve(index_dir, token, cors_origin, access_log, model, weights, media
                        media_roots=[os.path.abspath(root) for root in media_roots],
                        max_upload_seconds=max_upload_seconds, upload_queue=upload_queue,
                        thumb_cache_mb=thumb_cache_mb)
-    options = ServeOptions(token=token or None, cors_origins=tuple(cors_origin),
+    if token is not None and not token.strip():  # `--token "$UNSET"` must not serve unprotected
+        raise Ig65mError("--token is empty: give the token clients must send, or leave it out")
+    options = ServeOptions(token=token, cors_origins=tuple(cors_origin),
                            access_log=access_log, web_options=web_options, **options)
     serve(index_dir, options)
 

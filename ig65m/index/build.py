@@ -56,9 +56,13 @@ def new_index(index_key, dim, metric):
     """faiss.index_factory with our metric names; a bad factory string is a user error."""
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     try:
-        return faiss.index_factory(dim, index_key, faiss_metric)
+        index = faiss.index_factory(dim, index_key, faiss_metric)
     except RuntimeError as err:
         raise Ig65mError(f"invalid --index-key {index_key!r}: {_faiss_reason(err)}") from None
+    if hasattr(faiss.downcast_index(index), "id_map"):  # IDMap: add() refuses, ids are needed
+        raise Ig65mError(f"invalid --index-key {index_key!r}: clip ids are the positions in the "
+                         f"index already; leave out IDMap")
+    return index
 
 
 def _faiss_reason(err):
@@ -230,9 +234,19 @@ def _open_inputs(inputs, index_dir, index_key, metric, append, sharding):
 
 
 def locate_sources(files, prefixes):
-    """Record each file's source video as a path the server can resolve (ig65m.index.media)."""
+    """Record each file's source video as a path the server can resolve (ig65m.index.media).
+
+    The metadata holds paths as UTF-8 text: a name that is not UTF-8 (Python gives its bytes as
+    lone surrogates) is refused here, before anything is written, rather than failing mid-build."""
     for item in files:
         item.source = locate_source(item.source, item.path, prefixes)
+        for what, path, fix in (("features file", item.path, "rename it"),
+                                ("source video", item.source, "rename it, or --path-prefix")):
+            try:
+                str(path or "").encode("utf-8")
+            except UnicodeEncodeError:
+                raise Ig65mError(f"cannot index the {what} {ascii(str(path))}: its name is not "
+                                 f"valid UTF-8 ({fix})") from None
 
 
 def _check_new(index_dir):

@@ -49,7 +49,12 @@ class IndexClient:
     def search(self, vectors, k=10, nprobe=None):
         """Neighbours of each row of `vectors` (n, D) -> n lists of result dicts, nearest first.
         Sent as raw float32, in requests of at most the server's vector limit."""
-        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype="<f4")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
+            vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype="<f4")
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            raise Ig65mError(f"query vector {int(np.argmin(finite))} holds NaN, infinity or a "
+                             f"number too large for float32")
         params = {"k": int(k)}
         if nprobe is not None:
             params["nprobe"] = int(nprobe)

@@ -114,12 +114,14 @@ def _read_rows(features, first, count):
     (the file is mapped read-only, and cosine normalises chunks in place). A C-ordered file is
     read with a plain file read, not through the mapping: a pass over a file then leaves no mapped
     pages resident in the process (a 1 GiB shard of 512-d features kept 0.1-0.3 GiB of them)."""
-    if not isinstance(features, np.memmap) or not features.flags.c_contiguous:
-        return np.array(features[first:first + count], dtype=np.float32, order="C")
-    row_bytes = features.dtype.itemsize * features.shape[1]
-    rows = np.fromfile(features.filename, dtype=features.dtype, count=count * features.shape[1],
-                       offset=features.offset + first * row_bytes)
-    return np.ascontiguousarray(rows.reshape(count, features.shape[1]), dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused by the caller
+        if not isinstance(features, np.memmap) or not features.flags.c_contiguous:
+            return np.array(features[first:first + count], dtype=np.float32, order="C")
+        row_bytes = features.dtype.itemsize * features.shape[1]
+        rows = np.fromfile(features.filename, dtype=features.dtype,
+                           count=count * features.shape[1],
+                           offset=features.offset + first * row_bytes)
+        return np.ascontiguousarray(rows.reshape(count, features.shape[1]), dtype=np.float32)
 
 
 def sample_rows(files, count, seed=0):
@@ -132,5 +134,6 @@ def sample_rows(files, count, seed=0):
     for number, item in enumerate(files):
         inside = chosen[(chosen >= starts[number]) & (chosen < starts[number + 1])] - starts[number]
         if len(inside):
-            parts.append(np.asarray(item.features()[inside], dtype=np.float32))
+            with np.errstate(over="ignore"):
+                parts.append(np.asarray(item.features()[inside], dtype=np.float32))
     return chosen, np.ascontiguousarray(np.concatenate(parts))

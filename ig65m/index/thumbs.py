@@ -8,10 +8,12 @@ so that an `--append` swap of the index keeps it) has a size bound: past it, the
 written files are removed until it is back under 90% of the bound.
 """
 
+import io
 import os
 import threading
 from pathlib import Path
 
+from ig65m.errors import Ig65mError
 from ig65m.fileio import atomic_path
 
 THUMB_WIDTH = 160
@@ -29,16 +31,24 @@ class ThumbnailCache:
         self._making = threading.BoundedSemaphore(2)  # decoding is CPU work: two at a time
 
     def path(self, clip_id, video, seconds):
-        """The JPEG of clip `clip_id` of `video` (a real path) at `seconds`, made if missing."""
+        """The JPEG of clip `clip_id` of `video` (a real path) at `seconds`, made if missing: its
+        path, or the JPEG in memory (a BytesIO) when the cache cannot be written (an index on a
+        read-only volume), so that the page still shows it."""
         target = self.folder / f"{int(clip_id) // 1000:06d}" / f"{int(clip_id)}.jpg"
         if target.is_file():
             return target
         with self._making:
             if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
                 image = frame_at(video, seconds)
-                with atomic_path(target) as tmp:
-                    image.save(tmp, format="JPEG", quality=80)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(target) as tmp:
+                        image.save(tmp, format="JPEG", quality=80)
+                except (OSError, Ig65mError):
+                    jpeg = io.BytesIO()
+                    image.save(jpeg, format="JPEG", quality=80)
+                    jpeg.seek(0)
+                    return jpeg
                 self._added(target.stat().st_size)
         return target
 

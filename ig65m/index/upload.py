@@ -21,6 +21,8 @@ import time
 import numpy as np
 
 from ig65m.errors import Ig65mError
+from ig65m.models.registry import get_spec
+from ig65m.sidecar import Sidecar
 
 DEFAULT_MAX_MB = 200
 DEFAULT_MAX_SECONDS = 600
@@ -49,6 +51,10 @@ class UploadSearch:
         if model and self.index_model and model != self.index_model:
             raise Ig65mError(f"--model {model} differs from the index's model {self.index_model}: "
                              "uploads must be extracted with the model the index was built with")
+        if model:  # the registry is data (no torch): a typo fails at start-up, not at an upload
+            get_spec(model)
+        if weights and not weights.startswith("random") and not os.path.isfile(weights):
+            raise Ig65mError(f"weights file not found: {weights}")
         self.model = model
         self.weights = weights
         self.max_seconds = max_seconds
@@ -109,28 +115,38 @@ class UploadSearch:
 
 
 def features_vectors(npy_upload, sidecar_upload, dimension, model=None):
-    """A features .npy upload (+ optional sidecar JSON) -> (vectors (n, D), times or None)."""
+    """A features .npy upload (+ optional sidecar JSON) -> (vectors (n, D), times or None).
+
+    Checked as index-build and index-query check a local pair (the same Sidecar rules)."""
+    data = npy_upload.read()
+    if not data.startswith(b"\x93NUMPY"):
+        raise UploadRejected(400, "not a .npy features file (no .npy header)")
     try:
-        vectors = np.load(io.BytesIO(npy_upload.read()), allow_pickle=False)
+        vectors = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise UploadRejected(400, f"not a valid .npy features file ({_short(err)})") from None
     if vectors.ndim != 2 or vectors.shape[1] != dimension or not len(vectors):
         raise UploadRejected(400, f"features must be (clips, {dimension}), got {vectors.shape}")
-    if vectors.dtype.kind not in "fiu" or not np.isfinite(vectors).all():
+    if vectors.dtype.kind not in "fiu":
         raise UploadRejected(400, "features must be finite numbers")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+        vectors = vectors.astype(np.float32)
+    if not np.isfinite(vectors).all():
+        raise UploadRejected(400, "features must be finite numbers (within float32's range)")
     times = None
     if sidecar_upload is not None:
         try:
-            meta = json.loads(sidecar_upload.read())
-            times = [(float(start), float(end)) for start, end in meta.get("clips") or []] or None
-        except (ValueError, TypeError, AttributeError) as err:
+            sidecar = Sidecar.from_dict(json.loads(sidecar_upload.read()), name="the sidecar",
+                                        rows=len(vectors))
+        except (ValueError, UnicodeDecodeError) as err:
             raise UploadRejected(400, f"the sidecar is not valid JSON ({_short(err)})") from None
-        if meta.get("model") and model and meta["model"] != model:
-            raise UploadRejected(400, f"the features come from model {meta['model']}, the index "
+        except Ig65mError as err:
+            raise UploadRejected(400, str(err)) from None
+        if sidecar.model and model and sidecar.model != model:
+            raise UploadRejected(400, f"the features come from model {sidecar.model}, the index "
                                       f"from {model}")
-        if times is not None and len(times) != len(vectors):
-            raise UploadRejected(400, f"the sidecar lists {len(times)} clips for {len(vectors)} rows")
-    return vectors.astype(np.float32), times
+        times = sidecar.clips or None
+    return vectors, times
 
 
 def probe_seconds(path):

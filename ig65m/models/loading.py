@@ -159,7 +159,29 @@ def load_weights(model, state_dict, *, source):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else ""))
         raise Ig65mError(f"weights in {source} do not fit this model ({'; '.join(parts)})")
+    state_dict = _match_dtypes(state_dict, own, source)
     model.load_state_dict(state_dict, assign=any(p.is_meta for p in model.parameters()))
+
+
+def _match_dtypes(state_dict, own, source):
+    """The tensors in the model's own dtypes: a state_dict saved in float64 or half precision is
+    loaded as float32. (`assign=True` would otherwise install its tensors as they are, and the
+    first clip would fail deep in the model with "expected scalar type Float but found Double".)
+    A float where the model keeps integers, or the reverse, is not a cast but a wrong file, and
+    NaN or infinite values are refused."""
+    matched = {}
+    for key, value in state_dict.items():
+        want = own[key].dtype
+        if value.dtype != want:
+            if value.is_floating_point() != want.is_floating_point:
+                raise Ig65mError(f"weights in {source} do not fit this model ({key} is "
+                                 f"{value.dtype}, the model's is {want})")
+            value = value.to(want)
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            # a damaged or diverged checkpoint: every feature it gives would be NaN
+            raise Ig65mError(f"weights in {source} hold NaN or infinite values ({key})")
+        matched[key] = value
+    return matched
 
 
 _COUNTER = "num_batches_tracked"
