@@ -166,6 +166,10 @@ def test_upload_limits_are_checked_before_any_model_loads(tmp_path):
     manifest = {"dimension": 512, "model": "r2plus1d_34_8_ig65m"}
     with pytest.raises(Ig65mError, match="differs from the index's model"):
         UploadSearch(manifest, model="r2plus1d_18_16_kinetics")
+    for weights in ("pretrained", "random", "random:3", None):  # not files: loaded at an upload
+        assert UploadSearch(manifest, model="r2plus1d_34_8_ig65m", weights=weights).weights == weights
+    with pytest.raises(Ig65mError, match="weights file not found"):
+        UploadSearch(manifest, model="r2plus1d_34_8_ig65m", weights=str(tmp_path / "none.pth"))
     video = tmp_path / "two-seconds.mp4"
     lossless_video(video, 20, fps=10)
     uploads = UploadSearch(manifest, model="r2plus1d_34_8_ig65m", max_seconds=1.5)

@@ -53,7 +53,8 @@ class UploadSearch:
                              "uploads must be extracted with the model the index was built with")
         if model:  # the registry is data (no torch): a typo fails at start-up, not at an upload
             get_spec(model)
-        if weights and not weights.startswith("random") and not os.path.isfile(weights):
+        if weights not in (None, "pretrained", "random") and not weights.startswith("random:") \
+                and not os.path.isfile(weights):  # a file's path (as models.loading reads them)
             raise Ig65mError(f"weights file not found: {weights}")
         self.model = model
         self.weights = weights
