@@ -159,14 +159,18 @@ def bad_inputs(tmp_path):
     inf = clustered(10, 8, 4)
     inf[9, 0] = np.inf
     write(tmp_path, "inf", inf)
+    huge = clustered(10, 8, 6)
+    huge[6] = 1e20  # finite, but its squared length overflows float32: Faiss would find nothing
+    write(tmp_path, "huge", huge)
     np.save(tmp_path / "zero.npy", np.zeros((0, 8), "f4"))
     (tmp_path / "empty").mkdir()
     write(tmp_path, "mismatch", clustered(3, 8, 5))
     (tmp_path / "mismatch.json").write_text(json.dumps({"clips": [[0, 1]]}))
     return [
         (["good.npy", "wide.npy"], "12-d features, others 8-d"),
-        (["good.npy", "nan.npy"], "clip 4 has NaN"),
-        (["inf.npy"], "clip 9 has NaN or infinite"),
+        (["good.npy", "nan.npy"], "clip 4 holds NaN"),
+        (["inf.npy"], "clip 9 holds NaN, infinity"),
+        (["huge.npy"], "clip 6 holds NaN, infinity or numbers too large for float32"),
         (["zero.npy"], "empty"),
         (["empty"], "no .npy feature files"),
         (["missing.npy"], "not found"),

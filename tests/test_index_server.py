@@ -264,15 +264,17 @@ def test_openmp_threads_share_the_cores_between_workers():
     assert omp_threads_for(3, cores=8) == 2
 
 
-def test_raw_vectors_name_the_first_non_finite_one_and_take_huge_finite_values():
-    """The finite check's fast path (one dot product) must not refuse a vector whose squares
-    overflow float32, nor let a NaN or infinity through; it warns about nothing."""
+def test_vectors_faiss_cannot_use_are_named_and_the_rest_pass_without_warnings():
+    """The check's fast path (one dot product over all rows) must let through rows whose squares
+    only overflow float32 summed over all rows, and name the first row holding NaN, infinity, or
+    values whose squared length overflows float32 (Faiss would find nothing for it)."""
     vectors = np.full((3, DIM), 0.5, "<f4")
-    vectors[1] = 1e30
+    vectors[:] = np.sqrt(2e38 / DIM)  # each row's squared length 2e38 (float32 max: 3.4e38)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert parse_raw(vectors.tobytes(), {}, DIM).vectors.tolist() == vectors.tolist()
-        for bad in (np.nan, np.inf, -np.inf):
+        for bad in (np.nan, np.inf, -np.inf, 1e30):
             vectors[2, 5] = bad
-            with pytest.raises(BadRequest, match="vector 2 holds NaN, infinity"):
+            with pytest.raises(BadRequest, match="vector 2 holds NaN, infinity or numbers too "
+                                                 "large for float32"):
                 parse_raw(vectors.tobytes(), {}, DIM)

@@ -8,6 +8,7 @@ import requests
 
 from ig65m.defaults import MAX_VECTORS
 from ig65m.errors import Ig65mError
+from ig65m.index.vectors import PROBLEM, first_bad_row
 
 
 class IndexClient:
@@ -51,10 +52,9 @@ class IndexClient:
         Sent as raw float32, in requests of at most the server's vector limit."""
         with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused
             vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype="<f4")
-        finite = np.isfinite(vectors).all(axis=1)
-        if not finite.all():
-            raise Ig65mError(f"query vector {int(np.argmin(finite))} holds NaN, infinity or a "
-                             f"number too large for float32")
+        bad = first_bad_row(vectors)
+        if bad is not None:
+            raise Ig65mError(f"query vector {bad} {PROBLEM}")
         params = {"k": int(k)}
         if nprobe is not None:
             params["nprobe"] = int(nprobe)

@@ -4,7 +4,6 @@ Every malformed request raises a werkzeug HTTPException (a 4xx with its message)
 
 import hmac
 import json
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +11,7 @@ import orjson
 from werkzeug.exceptions import BadRequest, Unauthorized
 
 from ig65m.defaults import MAX_K, MAX_VECTORS
+from ig65m.index.vectors import PROBLEM, first_bad_row
 
 MAX_BREADTH = 65536
 FORMATS = ("full", "compact")  # compact: {"ids", "distances"} arrays, no metadata
@@ -133,9 +133,7 @@ def _json_vectors(vectors, dimension):
     if array is None or array.ndim != 2 or array.dtype.kind not in "if":
         raise BadRequest("vectors must hold only numbers")
     with np.errstate(over="ignore"):
-        array = array.astype(np.float32)
-    _check_finite(array.ravel(), dimension)
-    return array
+        return _check_vectors(array.astype(np.float32))
 
 
 def _raw_vectors(data, dimension):
@@ -144,9 +142,7 @@ def _raw_vectors(data, dimension):
         raise BadRequest(f"raw body must be a whole number of {dimension}-d float32 vectors "
                          f"({row_bytes} bytes each), got {len(data)} bytes")
     _check_count(len(data) // row_bytes)
-    values = np.frombuffer(data, dtype="<f4")
-    _check_finite(values, dimension)
-    return values.reshape(-1, dimension)
+    return _check_vectors(np.frombuffer(data, dtype="<f4").reshape(-1, dimension))
 
 
 def _check_count(count):
@@ -154,17 +150,12 @@ def _check_count(count):
         raise BadRequest(f"at most {MAX_VECTORS} vectors per request, got {count}")
 
 
-def _check_finite(values, dimension):
-    """BadRequest naming the first vector of `values` (flat: vector after vector) that holds NaN or
-    infinity. One dot product first: it is finite when every value is (else, or when squares
-    overflow float32, the full check runs), and this BLAS call costs half of isfinite and all on
-    the caches a search has swept."""
-    if math.isfinite(np.vdot(values, values)):  # vdot: no overflow warning
-        return
-    bad = ~np.isfinite(values).reshape(-1, dimension).all(axis=1)
-    if bad.any():
-        raise BadRequest(f"vector {int(np.argmax(bad))} holds NaN, infinity or a number too large "
-                         "for float32")
+def _check_vectors(vectors):
+    """BadRequest naming the first of `vectors` (n, D) float32 that Faiss cannot use."""
+    bad = first_bad_row(vectors)
+    if bad is not None:
+        raise BadRequest(f"vector {bad} {PROBLEM}")
+    return vectors
 
 
 def _int_value(value, name, low, high):

@@ -11,6 +11,7 @@ import numpy as np
 
 from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
+from ig65m.index.vectors import PROBLEM, first_bad_row
 from ig65m.sidecar import Sidecar
 
 CHUNK_ROWS = 65536
@@ -97,15 +98,14 @@ def open_feature_files(paths, *, dim=None, model=None):
 
 
 def iter_chunks(files, chunk_rows=CHUNK_ROWS):
-    """Yield (file, first_row, rows float32 (n, D) C-contiguous), checking every value is finite."""
+    """Yield (file, first_row, rows float32 (n, D) C-contiguous), checking every row (vectors.py)."""
     for item in files:
         features = item.features()
         for first in range(0, item.rows, chunk_rows):
             chunk = _read_rows(features, first, min(chunk_rows, item.rows - first))
-            bad = ~np.isfinite(chunk).all(axis=1)
-            if bad.any():
-                row = first + int(np.argmax(bad))
-                raise Ig65mError(f"{item.path}: clip {row} has NaN or infinite features")
+            bad = first_bad_row(chunk)
+            if bad is not None:
+                raise Ig65mError(f"{item.path}: clip {first + bad} {PROBLEM}")
             yield item, first, chunk
 
 

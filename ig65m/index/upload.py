@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from ig65m.errors import Ig65mError
+from ig65m.index.vectors import PROBLEM, first_bad_row
 from ig65m.models.registry import get_spec
 from ig65m.sidecar import Sidecar
 
@@ -132,8 +133,9 @@ def features_vectors(npy_upload, sidecar_upload, dimension, model=None):
         raise UploadRejected(400, "features must be finite numbers")
     with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
         vectors = vectors.astype(np.float32)
-    if not np.isfinite(vectors).all():
-        raise UploadRejected(400, "features must be finite numbers (within float32's range)")
+    bad = first_bad_row(vectors)
+    if bad is not None:
+        raise UploadRejected(400, f"features row {bad} {PROBLEM}")
     times = None
     if sidecar_upload is not None:
         try:
