@@ -20,10 +20,10 @@ def clustered(count, dim, seed, clusters=20):
     return (centres[rng.integers(0, clusters, count)] + rng.normal(size=(count, dim))).astype("f4")
 
 
-def write(folder, name, vectors, *, source=None, model="m", sidecar=True):
+def write(folder, name, vectors, *, source=None, model="m", sidecar=True, **settings):
     path = folder / f"{name}.npy"
     meta = {"source": source or f"/videos/{name}.mp4", "model": model,
-            "clips": [[0.5 * i, 0.5 * i + 0.5] for i in range(len(vectors))]}
+            "clips": [[0.5 * i, 0.5 * i + 0.5] for i in range(len(vectors))], **settings}
     save_features(path, vectors, meta)
     if not sidecar:
         path.with_suffix(".json").unlink()
@@ -147,6 +147,27 @@ def test_append_adds_new_files_and_skips_known_ones(tmp_path):
     with pytest.raises(Ig65mError, match="model"):
         build_index([tmp_path / "other"], tmp_path / "idx", append=True, progress=False)
     assert Searcher(tmp_path / "idx").count == 350
+
+
+def test_features_extracted_with_other_settings_are_refused_as_another_model_is(tmp_path):
+    """Weights, clip frames, fps, frame and crop size and pooling change what features are:
+    files that differ in one cannot share an index, nor be appended to one, nor query it."""
+    write(tmp_path, "big", clustered(40, 16, 1), frame_size=112, weights_sha256="ab" * 32)
+    write(tmp_path, "step", clustered(30, 16, 2), frame_size=112, weights_sha256="ab" * 32, step=4)
+    write(tmp_path, "small", clustered(30, 16, 3), frame_size=64, weights_sha256="ab" * 32)
+    write(tmp_path, "other", clustered(30, 16, 4), frame_size=112, weights_sha256="cd" * 32)
+    for name, said in (("small", "extracted with frame_size 64, .*big.npy with frame_size 112"),
+                       ("other", "extracted with weights sha256 cdcdcdcdcdcd..., .*big.npy with "
+                                 "weights sha256 abababababab...")):
+        with pytest.raises(Ig65mError, match=said):
+            build_index([tmp_path / "big.npy", tmp_path / f"{name}.npy"], tmp_path / "idx",
+                        progress=False)
+        assert not (tmp_path / "idx").exists()
+    build_index([tmp_path / "big.npy", tmp_path / "step.npy"], tmp_path / "idx", progress=False)
+    with pytest.raises(Ig65mError, match="small.npy was extracted with frame_size 64, the index "
+                                         "with frame_size 112"):
+        build_index([tmp_path / "small.npy"], tmp_path / "idx", append=True, progress=False)
+    assert Searcher(tmp_path / "idx").count == 70
 
 
 def bad_inputs(tmp_path):

@@ -41,5 +41,13 @@ def test_query_by_video_finds_its_own_clips(tmp_path, weights):
                                           "--weights", str(weights), "--model", "r2plus1d_18",
                                           "--frame-size", "32", "--crop-size", "32"])
         assert other.exit_code == 2 and "model r2plus1d_34_8_ig65m" in other.stderr
+        sidecar = json.loads((tmp_path / "a.json").read_text())
+        for key, value, said in (("frame_size", 48, "frame_size 48, the index with frame_size 32: "
+                                                    "extract the query with --frame-size 32"),
+                                 ("weights_sha256", "0" * 64, "the index with weights sha256 ")):
+            (tmp_path / "q.npy").write_bytes((tmp_path / "a.npy").read_bytes())
+            (tmp_path / "q.json").write_text(json.dumps(dict(sidecar, **{key: value})))
+            other = CliRunner().invoke(main, ["index-query", str(tmp_path / "q.npy"), "--url", url])
+            assert other.exit_code == 2 and said in other.stderr, other.stderr
     finally:
         stop(process)

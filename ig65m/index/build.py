@@ -218,7 +218,8 @@ def _open_inputs(inputs, index_dir, index_key, metric, append, sharding):
                              "piece (leave out --shards, --workers and --ray)")
         return index_dir, open_feature_files(find_feature_files(inputs),
                                              dim=manifest["dimension"],
-                                             model=manifest.get("model")), None
+                                             model=manifest.get("model"),
+                                             extraction=manifest.get("extraction")), None
     recover(index_dir)
     _check_new(index_dir)
     files = open_feature_files(find_feature_files(inputs))

@@ -5,6 +5,7 @@ The local input is read and checked before the server is asked anything."""
 
 from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
+from ig65m.index.sources import extraction_differences, setting
 from ig65m.sidecar import Sidecar
 
 
@@ -12,13 +13,13 @@ def query_index(client, query, clip=None, *, k=10, nprobe=None, model_kwargs=Non
     """Search `client`'s index for the clips of `query` (FEATURES.npy or a video; only clip `clip`
     when given) -> [{"query": {"path", "clip", "start", "end"}, "results": [...]}]."""
     if query.endswith(".npy"):
-        vectors, queries, model = _features_query(query, clip)
+        vectors, queries, meta = _features_query(query, clip)
         health = client.health()
     else:
         health = client.health()
         _check_model(model_kwargs["model"], health)  # before spending time on the model
-        vectors, queries, model = _video_query(query, clip, model_kwargs, run_kwargs)
-    _check_compatible(vectors, model, health)
+        vectors, queries, meta = _video_query(query, clip, model_kwargs, run_kwargs)
+    _check_compatible(vectors, meta, health)
     results = client.search(vectors, k=k, nprobe=nprobe)
     return [{"query": q, "results": r} for q, r in zip(queries, results)]
 
@@ -42,7 +43,7 @@ def _pick(features, meta, clip, label):
 def _features_query(path, clip):
     features, meta = load_features(path)
     vectors, queries = _pick(features, meta, clip, path)
-    return vectors, queries, (meta or {}).get("model")
+    return vectors, queries, meta or {}
 
 
 def _video_query(video, clip, model_kwargs, run_kwargs):
@@ -50,15 +51,25 @@ def _video_query(video, clip, model_kwargs, run_kwargs):
 
     features, meta = Extractor(**model_kwargs).features(video, **run_kwargs)
     vectors, queries = _pick(features, meta, clip, video)
-    return vectors, queries, meta["model"]
+    return vectors, queries, meta
 
 
-def _check_compatible(vectors, model, health):
+def _check_compatible(vectors, meta, health):
+    """The query's features (`meta`: their sidecar) against the server's index: dimension, model,
+    and the settings that shape features (weights, clip frames, fps, frame and crop size,
+    pooling), where both record them: features extracted otherwise find meaningless neighbours."""
     if vectors.shape[1] != health["dimension"]:
         raise Ig65mError(f"the query has {vectors.shape[1]}-d features, the index "
                          f"{health['dimension']}-d: use the model the index was built with "
                          f"({health.get('model') or 'unknown'})")
-    _check_model(model, health)
+    _check_model(meta.get("model"), health)
+    differences = extraction_differences(meta, health.get("extraction"))
+    if differences:
+        key, ours, theirs = differences[0]
+        fix = ("the weights the index was built with (--weights)" if key == "weights_sha256"
+               else f"--{key.replace('_', '-')} {theirs}")
+        raise Ig65mError(f"the query was extracted with {setting(key, ours)}, the index with "
+                         f"{setting(key, theirs)}: extract the query with {fix}")
 
 
 def _check_model(model, health):

@@ -91,7 +91,7 @@ def create_app(index_dir=None, *, searcher=None, live=None, token=None, omp_thre
             status="ok", count=current.count, dimension=current.dimension,
             metric=current.metric, index_key=manifest["index_key"], model=manifest.get("model"),
             search_parameter=current.breadth_name, search_default=current.breadth_default,
-            worker=os.getpid())
+            extraction=manifest.get("extraction"), worker=os.getpid())
 
     @app.post("/search")
     def search():

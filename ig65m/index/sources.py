@@ -18,6 +18,10 @@ CHUNK_ROWS = 65536
 # sidecar keys a server needs to extract queries the way the collection was extracted
 EXTRACTION_KEYS = ("model", "weights_sha256", "feature_dim", "clip_frames", "step", "fps",
                    "frame_size", "crop_size", "tail", "pool_spatial", "pool_temporal")
+# of those, the settings that change what a clip's features are (step and tail only choose clips):
+# features that differ in one are not comparable, as those of two models are not
+FEATURE_KEYS = ("weights_sha256", "clip_frames", "fps", "frame_size", "crop_size", "pool_spatial",
+                "pool_temporal")
 
 
 @dataclass
@@ -81,9 +85,27 @@ def _sidecar(meta, path, rows):
     return Sidecar.from_dict(meta or {}, name=f"sidecar of {path}", rows=rows)
 
 
-def open_feature_files(paths, *, dim=None, model=None):
-    """Open every file and check they agree on dimension (and model, where sidecars say)."""
+def extraction_differences(ours, theirs):
+    """[(key, our value, theirs)] of the FEATURE_KEYS that both extraction settings record (dicts,
+    or None) and that differ."""
+    ours, theirs = ours or {}, theirs or {}
+    return [(key, ours[key], theirs[key]) for key in FEATURE_KEYS
+            if ours.get(key) is not None and theirs.get(key) is not None and ours[key] != theirs[key]]
+
+
+def setting(key, value):
+    """A setting as people read it in an error: `frame_size 112`, `weights sha256 1a2b3c4d5e6f...`."""
+    if key == "weights_sha256":
+        return f"weights sha256 {str(value)[:12]}..."
+    return f"{key} {value}"
+
+
+def open_feature_files(paths, *, dim=None, model=None, extraction=None):
+    """Open every file and check they agree on dimension, and on model and the settings that shape
+    features (FEATURE_KEYS) where sidecars say; `dim`, `model`, `extraction`: an index's, which
+    the files must match too (--append)."""
     files = [open_feature_file(path) for path in paths]
+    reference = ("the index", extraction) if extraction else None
     for item in files:
         dim = item.dim if dim is None else dim
         if item.dim != dim:
@@ -94,6 +116,14 @@ def open_feature_files(paths, *, dim=None, model=None):
             if item.model != model:
                 raise Ig65mError(f"{item.path} holds features of model {item.model}, others of "
                                  f"{model}: an index holds features of one model")
+        if item.extraction is not None:
+            reference = reference or (item.path, item.extraction)
+            differences = extraction_differences(item.extraction, reference[1])
+            if differences:
+                key, ours, theirs = differences[0]
+                raise Ig65mError(f"{item.path} was extracted with {setting(key, ours)}, "
+                                 f"{reference[0]} with {setting(key, theirs)}: an index holds "
+                                 "features extracted one way (extract again with the same options)")
     return files
 
 
