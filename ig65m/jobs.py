@@ -12,6 +12,7 @@ options, --max-clips...) is redone. Random weights without a seed have no sha256
 """
 
 import datetime
+import fcntl
 import json
 import os
 import sys
@@ -101,18 +102,25 @@ class JobManifest:
 
     Opening it compacts the file to one line per video (atomically); each state change then
     appends one line and flushes it to disk, so a killed job loses at most the video in flight.
+    A job holds an exclusive lock on its folder until `close`: a second job on the same folder,
+    which would compact the file under the first and lose its records, is an Ig65mError.
     """
 
     def __init__(self, output_dir, settings, weights_sha256):
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / MANIFEST_NAME
         self.settings, self.weights_sha256 = settings, weights_sha256
-        self.records = self._read()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()),
-                           encoding="utf-8")
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._lock = _lock_folder(self.output_dir)
+        try:
+            self.records = self._read()
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()),
+                               encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8")
+        except BaseException:
+            os.close(self._lock)
+            raise
 
     def _read(self):
         records = {}
@@ -170,6 +178,20 @@ class JobManifest:
 
     def close(self):
         self._file.close()
+        os.close(self._lock)
+
+
+def _lock_folder(folder):
+    """A descriptor of `folder` holding an exclusive flock on it (released when closed, or when
+    the process ends, however it ends)."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise Ig65mError(f"another extract job is writing {folder}: let it finish (a re-run then "
+                         "skips what it did), or give another --output-dir") from None
+    return descriptor
 
 
 def select_pending(jobs, manifest, overwrite, say):

@@ -290,3 +290,26 @@ def test_rotated_video_is_decoded_upright(tmp_path):
     assert turned[0].shape == (64, 48, 3)
     for upright, original in zip(turned, plain):
         np.testing.assert_array_equal(upright, np.rot90(original))
+
+
+def test_a_second_job_on_the_same_output_folder_is_refused_and_loses_nothing(tmp_path):
+    """Two extract jobs on one --output-dir: the second would compact the job manifest under the
+    first and drop its records, so it is refused while the first holds the folder, in this
+    process or another (the lock is the folder's flock, which also ends with a killed process)."""
+    from ig65m.jobs import MANIFEST_NAME, JobManifest
+
+    first = JobManifest(tmp_path, {"model": "m"}, "ab" * 32)
+    first.mark("a.mp4", tmp_path / "a.npy", "done", clips=3)
+    with pytest.raises(Ig65mError, match="another extract job is writing"):
+        JobManifest(tmp_path, {"model": "m"}, "ab" * 32)
+    other = subprocess.run([sys.executable, "-c", "import sys; from ig65m.jobs import JobManifest; "
+                            "JobManifest(sys.argv[1], {}, None)", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and "another extract job is writing" in other.stderr
+    first.mark("b.mp4", tmp_path / "b.npy", "failed", error="bad")
+    first.close()
+    again = JobManifest(tmp_path, {"model": "m"}, "ab" * 32)
+    assert {r["output"]: r["state"] for r in again.records.values()} == {"a.npy": "done",
+                                                                         "b.npy": "failed"}
+    again.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME]
