@@ -56,9 +56,14 @@ class Sidecar:
 
     @classmethod
     def read(cls, path, *, rows=None):
-        """The sidecar file at `path` -> Sidecar, or None when there is none."""
+        """The sidecar file at `path` -> Sidecar, or None when there is none. Something else there
+        (a folder, a link to nothing) is an Ig65mError, not read as "no sidecar": the features'
+        metadata (source video, clip times, model) would be lost without a word."""
         path = Path(path)
         if not path.is_file():
+            if path.is_dir() or path.is_symlink():
+                kind = "a folder" if path.is_dir() else "a broken link"
+                raise Ig65mError(f"sidecar {path} is {kind}, not a JSON file")
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -68,6 +68,10 @@ def world(tmp_path_factory):
     np.save(w / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     save_features(w / "badside.npy", rows, clips)
     (w / "badside.json").write_text("{not json")
+    np.save(w / "dirside.npy", rows)
+    (w / "dirside.json").mkdir()  # a folder where the sidecar goes: not "no sidecar"
+    np.save(w / "linkside.npy", rows)
+    os.symlink("nowhere.json", w / "linkside.json")
     build_index([w / "good.npy"], w / "idx", progress=False)
     np.save(w / "plain.npy", rows)  # no sidecar: an index that names no model
     build_index([w / "plain.npy"], w / "idx_plain", progress=False)
@@ -142,6 +146,7 @@ def extract_cases():
         ["--pool-spatial", "median"], ["--tail", "wrap"], ["--backend", "tpu"],
         ["--model", "no_such_model"], ["--device", "quantum"], ["--device", "mps"],
         ["--device", "meta"], ["--threads", "100000"], ["--labels", "{w}/missing.txt"],
+        ["--weights", "{w}/folder"],
         ["--input-option", "novalue"], ["--frame-size", "16", "--crop-size", "32"],
         ["--clip-frames", "1000000", "--batch-size", "65536"]]]
     for video in ("missing.mkv", "text.txt", "empty.mp4", "garbage.mp4", "audio.m4a", "folder",
@@ -169,7 +174,8 @@ def semcode_cases():
     cases += [ok + extra for extra in UNKNOWN + [["--view", "cube"], ["--scale", "log"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
                      "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
-                     "folder", "loop_a.npy", "dangling.npy", "video.mkv"):
+                     "dirside.npy", "linkside.npy", "folder", "loop_a.npy", "dangling.npy",
+                     "video.mkv"):
         cases.append([f"{{w}}/{features}", "{w}/out/new.png"])
     for picture in ("out/new.gif", "out/new", "missing/new.png", "out", "loop_a.npy",
                     "out/loop_x", "out/exists.png/x.png"):
@@ -187,7 +193,8 @@ def index_build_cases():
         ["--index-key", "IDMap2,IVF2,Flat"]]]
     for features in ("missing.npy", "text.npy", "empty.npy", "onedim.npy", "zero.npy",
                      "strings.npy", "complex.npy", "objects.npy", "changed.npy", "badside.npy",
-                     "folder", "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex"):
+                     "folder", "loop_a.npy", "dangling.npy", "nan.npy", "video.mkv", "notindex",
+                     "dirside.npy", "linkside.npy"):
         cases.append([f"{{w}}/{features}", "{w}/out/newidx", "--quiet"])
     cases += [["{w}/good.npy", "{w}/other_dim.npy", "{w}/out/newidx", "--quiet"],
               ["{w}/good.npy", "{w}/idx", "--quiet"],

@@ -95,6 +95,8 @@ def weights_file(spec, weights, *, progress=True):
         path, digests = fetch(row.url, row.integrity, progress=progress)
         return WeightsFile(path, digests.sha256, row.file_format)
     path = Path(weights)
+    if path.is_dir():
+        raise Ig65mError(f"--weights {path} is a folder: give the weights file in it")
     if not path.is_file():
         raise Ig65mError(f"weights file not found: {path}")
     return WeightsFile(path, file_digests(path).sha256)
