@@ -277,5 +277,23 @@ def _handle_signals(live):
     SIGHUP checks the index for a change at once."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-        signal.signal(signal.SIGHUP, lambda signum, frame: live.check_now())
+        signal.signal(signal.SIGHUP, _not_nested(live.check_now))
+
+
+def _not_nested(action):
+    """A signal handler running `action()`, except in a handler that interrupts its own run:
+    Python runs a handler between two bytecodes of the main thread, so a SIGHUP arriving while the
+    last one's `Event.set` holds its lock ran it again, which waited for that lock forever (a
+    storm of SIGHUPs froze the worker's front). The interrupted run sets the event anyway."""
+    running = [False]
+
+    def handler(signum, frame):
+        if running[0]:
+            return
+        running[0] = True
+        try:
+            action()
+        finally:
+            running[0] = False
+    return handler
 
