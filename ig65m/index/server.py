@@ -200,6 +200,7 @@ def serve(index_dir, options=None):
 
     options = options or ServeOptions()
     live = LiveIndex(index_dir, interval=options.reload_interval)  # start-up checks, one line
+    _handle_signals(live)  # before the address is printed: a SIGHUP after it must not kill
     sock = listen(options.host, options.port)
     host, port = sock.getsockname()[:2]
     omp = options.omp_threads or omp_threads_for(options.workers)
@@ -230,6 +231,7 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
             os.kill(master, signal.SIGHUP)
         return live.reload()
 
+    _handle_signals(live)  # first: a worker's SIGHUP is ignored only until here (prefork._child)
     app = create_app(live=live, token=options.token, omp_threads=omp,
                      batch_window=options.batch_window_ms / 1000, cors_origins=options.cors_origins,
                      access_log=options.access_log, on_reload=reload_all,
@@ -250,7 +252,6 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
                   max_connections=options.max_connections,
                   other_connections=lambda: len(server._map) - 2,  # less its socket and trigger
                   access_log=options.access_log, cors=bool(options.cors_origins), loads=loads)
-    _handle_signals(live)
     live.watch()
     threading.Thread(target=server.run, name="waitress", daemon=True).start()
     if master is not None:
