@@ -278,3 +278,19 @@ def test_vectors_faiss_cannot_use_are_named_and_the_rest_pass_without_warnings()
             with pytest.raises(BadRequest, match="vector 2 holds NaN, infinity or numbers too "
                                                  "large for float32"):
                 parse_raw(vectors.tobytes(), {}, DIM)
+
+
+def upload_features(url, vectors, sidecar):
+    """POST /search/video with a features .npy and a sidecar (bytes) -> the response."""
+    import io
+
+    npy = io.BytesIO()
+    np.save(npy, np.asarray(vectors, np.float32))
+    files = {"features": ("q.npy", npy.getvalue()), "sidecar": ("q.json", sidecar)}
+    return requests.post(f"{url}/search/video", files=files, headers=auth(), timeout=30)
+
+
+def test_a_sidecar_nested_too_deep_is_400(server, collection):
+    answer = upload_features(server, collection[1][:1], b"[" * 100000)  # was a 500 RecursionError
+    assert answer.status_code == 400 and "not valid JSON" in answer.json()["error"]
+    assert upload_features(server, collection[1][:1], b'{"clips": [[0, 1]]}').status_code == 200

@@ -141,7 +141,7 @@ def features_vectors(npy_upload, sidecar_upload, dimension, model=None):
         try:
             sidecar = Sidecar.from_dict(json.loads(sidecar_upload.read()), name="the sidecar",
                                         rows=len(vectors))
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
             raise UploadRejected(400, f"the sidecar is not valid JSON ({_short(err)})") from None
         except Ig65mError as err:
             raise UploadRejected(400, str(err)) from None
