@@ -294,3 +294,24 @@ def test_a_sidecar_nested_too_deep_is_400(server, collection):
     answer = upload_features(server, collection[1][:1], b"[" * 100000)  # was a 500 RecursionError
     assert answer.status_code == 400 and "not valid JSON" in answer.json()["error"]
     assert upload_features(server, collection[1][:1], b'{"clips": [[0, 1]]}').status_code == 200
+
+
+def test_uploaded_features_extracted_otherwise_are_refused_as_index_query_refuses_them(tmp_path):
+    # index-query refused features from other weights or frame size; the same pair uploaded to
+    # POST /search/video was searched (200), finding meaningless neighbours
+    vectors = clustered(20, DIM, 3)
+    settings = {"weights_sha256": "ab" * 32, "frame_size": 112, "clip_frames": 8}
+    write(tmp_path, "video0", vectors, **settings)
+    build_index([tmp_path / "video0.npy"], tmp_path / "idx", progress=False)
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(tmp_path / "idx"),
+                                 "--port", "0"], env={"IG65M_TOKEN": TOKEN})
+    try:
+        for key, value, said in [("frame_size", 32, "frame_size 32, the index with frame_size 112"),
+                                 ("weights_sha256", "cd" * 32, "weights sha256 cdcdcdcdcdcd")]:
+            sidecar = json.dumps({"model": "m", "clips": [[0, 1]], **settings, key: value})
+            answer = upload_features(url, vectors[:1], sidecar.encode())
+            assert answer.status_code == 400 and said in answer.json()["error"], answer.text
+        same = json.dumps({"model": "m", "clips": [[0, 1]], **settings}).encode()
+        assert upload_features(url, vectors[:1], same).status_code == 200
+    finally:
+        stop(process)

@@ -131,7 +131,8 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         try:
             if "features" in files:
                 vectors, times = features_vectors(files["features"], files.get("sidecar"),
-                                                  current.dimension, current.manifest.get("model"))
+                                                  current.dimension, current.manifest.get("model"),
+                                                  current.manifest.get("extraction"))
             elif "video" in files:
                 vectors, times, spent = uploads.video_vectors(files["video"])
                 seconds.update(spent)
