@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import faiss
 import orjson
 import waitress
+import waitress.channel
+import waitress.task
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Conflict, HTTPException, NotFound
@@ -244,6 +246,7 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
                                       app.config["MAX_UPLOAD_BYTES"]),
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
+    server.channel_class = _JsonErrorChannel  # the class _adopt makes channels of
     front = Front(sock, live, lambda conn, addr, data: _adopt(server, conn, addr, data),
                   answer=functools.partial(search_answer, signer=app.extensions["ig65m.signer"]),
                   token=options.token,
@@ -262,6 +265,25 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
         pass
     finally:
         server.task_dispatcher.shutdown()  # lets running requests end (5 s at most)
+
+
+class _JsonErrorTask(waitress.task.ErrorTask):
+    """waitress's own answer to a request it cannot parse (a bad request line, header, URI or
+    Content-Length, a bad chunk, a body beyond its cap) as JSON {"error"}, like every other error:
+    it answered text/plain."""
+
+    def execute(self):
+        error = self.request.error
+        body = orjson.dumps({"error": f"{error.reason}: {error.body}"})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JsonErrorChannel(waitress.channel.HTTPChannel):
+    error_task_class = _JsonErrorTask
 
 
 def _adopt(server, sock, addr, data):
