@@ -315,3 +315,19 @@ def test_uploaded_features_extracted_otherwise_are_refused_as_index_query_refuse
         assert upload_features(url, vectors[:1], same).status_code == 200
     finally:
         stop(process)
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"exclude_own": "false"}, '"exclude_own" must be true or false'),  # excluded the video
+    ({"exclude_own": 1}, '"exclude_own" must be true or false'),
+    ({"k": 2.5}, '"k" must be an integer'),  # asked for 2 videos
+    ({"k": "3"}, '"k" must be an integer'),
+    ({"nprobe": 1.5}, '"nprobe" must be an integer'),
+])
+def test_clip_search_options_of_the_wrong_json_type_are_400(server, options, said):
+    answer = requests.post(f"{server}/search/clip", json={"id": 3, **options}, headers=auth(),
+                           timeout=10)
+    assert answer.status_code == 400 and said in answer.json()["error"], answer.text
+    for good in ({"exclude_own": False, "k": 2}, {"exclude_own": None, "nprobe": 4}):
+        assert requests.post(f"{server}/search/clip", json={"id": 3, **good}, headers=auth(),
+                             timeout=10).status_code == 200

@@ -112,6 +112,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or type(body.get("id")) is not int:
             raise BadRequest('send JSON {"id": CLIP_ID, "k": 10}')
+        _check_json_types(body)
         current = get_searcher()
         meta = current.clip(body["id"])
         if meta is None:
@@ -173,6 +174,16 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
 def _configure(app, max_upload_mb, signer):
     app.config["MAX_UPLOAD_BYTES"] = int(max_upload_mb * (1 << 20))
     app.extensions["ig65m.signer"] = signer
+
+
+def _check_json_types(body):
+    """BadRequest for /search/clip options of the wrong JSON type, which the checks shared with
+    form fields (strings) let through: "exclude_own": "false" excluded the video, "k": 2.5 gave 2."""
+    if body.get("exclude_own") is not None and type(body["exclude_own"]) is not bool:
+        raise BadRequest(f'"exclude_own" must be true or false, got {body["exclude_own"]!r}')
+    for name in ("k", "nprobe"):
+        if body.get(name) is not None and type(body[name]) is not int:
+            raise BadRequest(f'"{name}" must be an integer, got {body[name]!r}')
 
 
 def _clip_or_404(searcher, clip_id):
