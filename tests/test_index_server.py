@@ -331,3 +331,29 @@ def test_clip_search_options_of_the_wrong_json_type_are_400(server, options, sai
     for good in ({"exclude_own": False, "k": 2}, {"exclude_own": None, "nprobe": 4}):
         assert requests.post(f"{server}/search/clip", json={"id": 3, **good}, headers=auth(),
                              timeout=10).status_code == 200
+
+
+def test_thumbnail_of_a_file_without_a_video_stream_is_404(tmp_path):
+    # the recorded video replaced by a sound file: frame_at took streams.video[0], a 500 IndexError
+    import av
+
+    with av.open(str(tmp_path / "sound.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        for number in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 8000, number * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    write(tmp_path, "sound", clustered(2, DIM, 1), source=str(tmp_path / "sound.mp4"))
+    build_index([tmp_path / "sound.npy"], tmp_path / "idx", progress=False)
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(tmp_path / "idx"),
+                                 "--port", "0"])
+    try:
+        answer = requests.get(f"{url}/thumbs/1", timeout=30)
+        assert answer.status_code == 404 and "cannot make a thumbnail" in answer.json()["error"]
+        assert requests.get(f"{url}/media/1", timeout=30).status_code == 200
+    finally:
+        stop(process)
