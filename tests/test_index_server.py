@@ -1,5 +1,6 @@
 """index-serve and index-query against a real server process on an ephemeral 127.0.0.1 port."""
 
+import io
 import json
 import os
 import re
@@ -282,8 +283,6 @@ def test_vectors_faiss_cannot_use_are_named_and_the_rest_pass_without_warnings()
 
 def upload_features(url, vectors, sidecar):
     """POST /search/video with a features .npy and a sidecar (bytes) -> the response."""
-    import io
-
     npy = io.BytesIO()
     np.save(npy, np.asarray(vectors, np.float32))
     files = {"features": ("q.npy", npy.getvalue()), "sidecar": ("q.json", sidecar)}
@@ -357,3 +356,18 @@ def test_thumbnail_of_a_file_without_a_video_stream_is_404(tmp_path):
         assert requests.get(f"{url}/media/1", timeout=30).status_code == 200
     finally:
         stop(process)
+
+
+def test_a_multipart_form_that_cannot_be_read_is_said_so(server, collection):
+    # werkzeug drops the whole form when a part's headers are not UTF-8 (a Latin-1 file name):
+    # the answer asked for a multipart form with a 'features' file, which this one has
+    npy = io.BytesIO()
+    np.save(npy, collection[1][:1].astype(np.float32))
+    body = (b'--XyZ\r\nContent-Disposition: form-data; name="features"; filename="caf\xe9.npy"'
+            b"\r\n\r\n" + npy.getvalue() + b"\r\n--XyZ--\r\n")
+    headers = {**auth(), "Content-Type": "multipart/form-data; boundary=XyZ"}
+    answer = requests.post(f"{server}/search/video", data=body, headers=headers, timeout=30)
+    assert answer.status_code == 400 and "not UTF-8" in answer.json()["error"], answer.text
+    utf8 = body.replace(b"caf\xe9", "café".encode())
+    assert requests.post(f"{server}/search/video", data=utf8, headers=headers,
+                         timeout=30).status_code == 200

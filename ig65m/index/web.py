@@ -137,6 +137,11 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
             elif "video" in files:
                 vectors, times, spent = uploads.video_vectors(files["video"])
                 seconds.update(spent)
+            elif request.mimetype == "multipart/form-data" and not form and not files:
+                # werkzeug drops a form it cannot parse without a word
+                raise UploadRejected(400, "the multipart form could not be read: a wrong boundary, "
+                                          "a body cut short, or part headers (file names) that "
+                                          "are not UTF-8")
             else:
                 raise UploadRejected(400, "send a multipart form with a 'video' file, or a "
                                           "'features' .npy (and its 'sidecar' .json)")
