@@ -371,3 +371,13 @@ def test_a_multipart_form_that_cannot_be_read_is_said_so(server, collection):
     utf8 = body.replace(b"caf\xe9", "café".encode())
     assert requests.post(f"{server}/search/video", data=utf8, headers=headers,
                          timeout=30).status_code == 200
+
+
+def test_nan_outside_the_vectors_is_not_said_to_be_in_them(server):
+    # "min_score": NaN answered 'NaN is not allowed in vectors', with finite vectors
+    body = b'{"vectors": [[' + b",".join([b"0.5"] * DIM) + b']], "group_by": "video", "min_score": NaN}'
+    for path in ("/search", "/search?x=1"):  # the front's and the Flask route's
+        answer = requests.post(f"{server}{path}", data=body, timeout=10,
+                               headers={**auth(), "Content-Type": "application/json"})
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "NaN is not allowed in a JSON request: use finite numbers"
