@@ -174,6 +174,25 @@ def test_malformed_requests_get_4xx_and_the_server_goes_on(served, request_bytes
         assert read_answers(sock, 1)[0][0] == 200
 
 
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GARBAGE\r\n\r\n", 400),  # request line
+    (b"GET /healthz HTTP/1.1\r\nNo colon\r\n\r\n", 400),  # header
+    (b"GET /clips/\xff HTTP/1.1\r\n\r\n", 400),  # URI
+    (b"POST /search HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
+    (b"POST /search HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),  # chunk size
+    (b"POST /search HTTP/1.1\r\nContent-Length: 99999999999999\r\n\r\n", 413),  # waitress's cap
+    (b"POST /search HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+])
+def test_requests_waitress_cannot_parse_get_json_errors_too(served, request_bytes, status):
+    # waitress answered these itself, in text/plain: "Bad Request\r\n\r\nInvalid header ..."
+    process, port, searcher, vectors = served
+    with connect(port) as sock:
+        sock.sendall(request_bytes)
+        got, headers, body = read_answers(sock, 1)[0]
+    assert got == status and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]
+
+
 def test_http_1_0_and_connection_close_end_the_connection(served):
     process, port, searcher, vectors = served
     for request in (raw_search(vectors[1], version="HTTP/1.0"),

@@ -1,5 +1,6 @@
 """index-serve and index-query against a real server process on an ephemeral 127.0.0.1 port."""
 
+import io
 import json
 import os
 import re
@@ -278,3 +279,105 @@ def test_vectors_faiss_cannot_use_are_named_and_the_rest_pass_without_warnings()
             with pytest.raises(BadRequest, match="vector 2 holds NaN, infinity or numbers too "
                                                  "large for float32"):
                 parse_raw(vectors.tobytes(), {}, DIM)
+
+
+def upload_features(url, vectors, sidecar):
+    """POST /search/video with a features .npy and a sidecar (bytes) -> the response."""
+    npy = io.BytesIO()
+    np.save(npy, np.asarray(vectors, np.float32))
+    files = {"features": ("q.npy", npy.getvalue()), "sidecar": ("q.json", sidecar)}
+    return requests.post(f"{url}/search/video", files=files, headers=auth(), timeout=30)
+
+
+def test_a_sidecar_nested_too_deep_is_400(server, collection):
+    answer = upload_features(server, collection[1][:1], b"[" * 100000)  # was a 500 RecursionError
+    assert answer.status_code == 400 and "not valid JSON" in answer.json()["error"]
+    assert upload_features(server, collection[1][:1], b'{"clips": [[0, 1]]}').status_code == 200
+
+
+def test_uploaded_features_extracted_otherwise_are_refused_as_index_query_refuses_them(tmp_path):
+    # index-query refused features from other weights or frame size; the same pair uploaded to
+    # POST /search/video was searched (200), finding meaningless neighbours
+    vectors = clustered(20, DIM, 3)
+    settings = {"weights_sha256": "ab" * 32, "frame_size": 112, "clip_frames": 8}
+    write(tmp_path, "video0", vectors, **settings)
+    build_index([tmp_path / "video0.npy"], tmp_path / "idx", progress=False)
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(tmp_path / "idx"),
+                                 "--port", "0"], env={"IG65M_TOKEN": TOKEN})
+    try:
+        for key, value, said in [("frame_size", 32, "frame_size 32, the index with frame_size 112"),
+                                 ("weights_sha256", "cd" * 32, "weights sha256 cdcdcdcdcdcd")]:
+            sidecar = json.dumps({"model": "m", "clips": [[0, 1]], **settings, key: value})
+            answer = upload_features(url, vectors[:1], sidecar.encode())
+            assert answer.status_code == 400 and said in answer.json()["error"], answer.text
+        same = json.dumps({"model": "m", "clips": [[0, 1]], **settings}).encode()
+        assert upload_features(url, vectors[:1], same).status_code == 200
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"exclude_own": "false"}, '"exclude_own" must be true or false'),  # excluded the video
+    ({"exclude_own": 1}, '"exclude_own" must be true or false'),
+    ({"k": 2.5}, '"k" must be an integer'),  # asked for 2 videos
+    ({"k": "3"}, '"k" must be an integer'),
+    ({"nprobe": 1.5}, '"nprobe" must be an integer'),
+])
+def test_clip_search_options_of_the_wrong_json_type_are_400(server, options, said):
+    answer = requests.post(f"{server}/search/clip", json={"id": 3, **options}, headers=auth(),
+                           timeout=10)
+    assert answer.status_code == 400 and said in answer.json()["error"], answer.text
+    for good in ({"exclude_own": False, "k": 2}, {"exclude_own": None, "nprobe": 4}):
+        assert requests.post(f"{server}/search/clip", json={"id": 3, **good}, headers=auth(),
+                             timeout=10).status_code == 200
+
+
+def test_thumbnail_of_a_file_without_a_video_stream_is_404(tmp_path):
+    # the recorded video replaced by a sound file: frame_at took streams.video[0], a 500 IndexError
+    import av
+
+    with av.open(str(tmp_path / "sound.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        for number in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 8000, number * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    write(tmp_path, "sound", clustered(2, DIM, 1), source=str(tmp_path / "sound.mp4"))
+    build_index([tmp_path / "sound.npy"], tmp_path / "idx", progress=False)
+    process, url = start_server([sys.executable, "-m", "ig65m", "index-serve", str(tmp_path / "idx"),
+                                 "--port", "0"])
+    try:
+        answer = requests.get(f"{url}/thumbs/1", timeout=30)
+        assert answer.status_code == 404 and "cannot make a thumbnail" in answer.json()["error"]
+        assert requests.get(f"{url}/media/1", timeout=30).status_code == 200
+    finally:
+        stop(process)
+
+
+def test_a_multipart_form_that_cannot_be_read_is_said_so(server, collection):
+    # werkzeug drops the whole form when a part's headers are not UTF-8 (a Latin-1 file name):
+    # the answer asked for a multipart form with a 'features' file, which this one has
+    npy = io.BytesIO()
+    np.save(npy, collection[1][:1].astype(np.float32))
+    body = (b'--XyZ\r\nContent-Disposition: form-data; name="features"; filename="caf\xe9.npy"'
+            b"\r\n\r\n" + npy.getvalue() + b"\r\n--XyZ--\r\n")
+    headers = {**auth(), "Content-Type": "multipart/form-data; boundary=XyZ"}
+    answer = requests.post(f"{server}/search/video", data=body, headers=headers, timeout=30)
+    assert answer.status_code == 400 and "not UTF-8" in answer.json()["error"], answer.text
+    utf8 = body.replace(b"caf\xe9", "café".encode())
+    assert requests.post(f"{server}/search/video", data=utf8, headers=headers,
+                         timeout=30).status_code == 200
+
+
+def test_nan_outside_the_vectors_is_not_said_to_be_in_them(server):
+    # "min_score": NaN answered 'NaN is not allowed in vectors', with finite vectors
+    body = b'{"vectors": [[' + b",".join([b"0.5"] * DIM) + b']], "group_by": "video", "min_score": NaN}'
+    for path in ("/search", "/search?x=1"):  # the front's and the Flask route's
+        answer = requests.post(f"{server}{path}", data=body, timeout=10,
+                               headers={**auth(), "Content-Type": "application/json"})
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "NaN is not allowed in a JSON request: use finite numbers"

@@ -212,6 +212,41 @@ def test_reload_on_request_and_on_sighup_reaches_every_worker(growing):
     assert process.returncode == 0
 
 
+def test_a_storm_of_sighups_does_not_freeze_a_worker(growing):
+    # a SIGHUP landing while the handler of the last one held the reload event's lock ran the
+    # handler again inside it, which waited for that lock forever: the front answered nothing more
+    process, url = serve(growing / "idx", "--reload-interval", "0", token=None)
+    probe = clustered(1, DIM, 7)[0].tobytes()
+    try:
+        assert requests.post(f"{url}/search?k=1", data=probe, headers=RAW, timeout=10).ok
+        for _ in range(40):
+            for _ in range(2000):
+                os.kill(process.pid, signal.SIGHUP)
+            answer = requests.post(f"{url}/search?k=1", data=probe, headers=RAW, timeout=3)
+            assert answer.status_code == 200
+    finally:
+        stop(process)
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_as_soon_as_the_address_is_printed_kills_nothing(growing, workers):
+    # the address was printed (and connections queued) before the handlers were set: a SIGHUP
+    # then killed a single-worker server, or a worker of several
+    process, url = serve(growing / "idx", "--workers", workers, "--reload-interval", "0", token=None)
+    try:
+        for _ in range(100):
+            os.kill(process.pid, signal.SIGHUP)
+            time.sleep(0.005)
+        answer = requests.post(f"{url}/search?k=1", data=clustered(1, DIM, 7)[0].tobytes(),
+                               headers=RAW, timeout=10)
+        assert answer.status_code == 200
+    finally:
+        stop(process)
+    assert process.returncode == 0
+    assert not any("exited" in line for line in process.lines)
+
+
 def start_up_error(index_dir, *args):
     """`index-serve` in-process: -> its stderr after exit 2."""
     result = CliRunner().invoke(index_serve, [str(index_dir), "--port", "0", *args])

@@ -22,8 +22,9 @@ RESTART_DELAY = 1.0
 
 def _child(target):
     """Run `target()` in a forked child and leave with its exit status, never returning."""
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the master's; never fatal (the worker sets its own)
     code = 0
     try:
         target()

@@ -95,8 +95,8 @@ def answer(searcher, query, distances, ids):
     return {"results": searcher.results(distances, ids)}
 
 
-def _reject_constant(name):
-    raise BadRequest(f"{name} is not allowed in vectors: use finite numbers")
+def _reject_constant(name):  # anywhere in the body: "min_score": NaN is not in the vectors
+    raise BadRequest(f"{name} is not allowed in a JSON request: use finite numbers")
 
 
 def _json_body(data):

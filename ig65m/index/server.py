@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import faiss
 import orjson
 import waitress
+import waitress.channel
+import waitress.task
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import Conflict, HTTPException, NotFound
@@ -200,6 +202,7 @@ def serve(index_dir, options=None):
 
     options = options or ServeOptions()
     live = LiveIndex(index_dir, interval=options.reload_interval)  # start-up checks, one line
+    _handle_signals(live)  # before the address is printed: a SIGHUP after it must not kill
     sock = listen(options.host, options.port)
     host, port = sock.getsockname()[:2]
     omp = options.omp_threads or omp_threads_for(options.workers)
@@ -230,6 +233,7 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
             os.kill(master, signal.SIGHUP)
         return live.reload()
 
+    _handle_signals(live)  # first: a worker's SIGHUP is ignored only until here (prefork._child)
     app = create_app(live=live, token=options.token, omp_threads=omp,
                      batch_window=options.batch_window_ms / 1000, cors_origins=options.cors_origins,
                      access_log=options.access_log, on_reload=reload_all,
@@ -242,6 +246,7 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
                                       app.config["MAX_UPLOAD_BYTES"]),
         connection_limit=options.max_connections, channel_timeout=options.idle_timeout,
         cleanup_interval=max(1, min(30, int(options.idle_timeout / 2))), asyncore_use_poll=True)
+    server.channel_class = _JsonErrorChannel  # the class _adopt makes channels of
     front = Front(sock, live, lambda conn, addr, data: _adopt(server, conn, addr, data),
                   answer=functools.partial(search_answer, signer=app.extensions["ig65m.signer"]),
                   token=options.token,
@@ -250,7 +255,6 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
                   max_connections=options.max_connections,
                   other_connections=lambda: len(server._map) - 2,  # less its socket and trigger
                   access_log=options.access_log, cors=bool(options.cors_origins), loads=loads)
-    _handle_signals(live)
     live.watch()
     threading.Thread(target=server.run, name="waitress", daemon=True).start()
     if master is not None:
@@ -261,6 +265,25 @@ def _run_worker(sock, options, omp, live, master=None, loads=None):
         pass
     finally:
         server.task_dispatcher.shutdown()  # lets running requests end (5 s at most)
+
+
+class _JsonErrorTask(waitress.task.ErrorTask):
+    """waitress's own answer to a request it cannot parse (a bad request line, header, URI or
+    Content-Length, a bad chunk, a body beyond its cap) as JSON {"error"}, like every other error:
+    it answered text/plain."""
+
+    def execute(self):
+        error = self.request.error
+        body = orjson.dumps({"error": f"{error.reason}: {error.body}"})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JsonErrorChannel(waitress.channel.HTTPChannel):
+    error_task_class = _JsonErrorTask
 
 
 def _adopt(server, sock, addr, data):
@@ -277,5 +300,23 @@ def _handle_signals(live):
     SIGHUP checks the index for a change at once."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-        signal.signal(signal.SIGHUP, lambda signum, frame: live.check_now())
+        signal.signal(signal.SIGHUP, _not_nested(live.check_now))
+
+
+def _not_nested(action):
+    """A signal handler running `action()`, except in a handler that interrupts its own run:
+    Python runs a handler between two bytecodes of the main thread, so a SIGHUP arriving while the
+    last one's `Event.set` holds its lock ran it again, which waited for that lock forever (a
+    storm of SIGHUPs froze the worker's front). The interrupted run sets the event anyway."""
+    running = [False]
+
+    def handler(signum, frame):
+        if running[0]:
+            return
+        running[0] = True
+        try:
+            action()
+        finally:
+            running[0] = False
+    return handler
 

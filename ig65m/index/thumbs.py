@@ -80,6 +80,8 @@ def frame_at(video, seconds, width=THUMB_WIDTH):
     import av  # here, not at import: a server start-up stays as light as before the page
 
     with av.open(os.fspath(video)) as container:
+        if not container.streams.video:  # e.g. the file was replaced by a sound file
+            raise ValueError("no video stream")
         stream = container.streams.video[0]
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         target = start + max(float(seconds), 0.0)

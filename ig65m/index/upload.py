@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from ig65m.errors import Ig65mError
+from ig65m.index.sources import extraction_differences, setting
 from ig65m.index.vectors import PROBLEM, first_bad_row
 from ig65m.models.registry import get_spec
 from ig65m.sidecar import Sidecar
@@ -116,10 +117,11 @@ class UploadSearch:
         return self._extractor
 
 
-def features_vectors(npy_upload, sidecar_upload, dimension, model=None):
+def features_vectors(npy_upload, sidecar_upload, dimension, model=None, extraction=None):
     """A features .npy upload (+ optional sidecar JSON) -> (vectors (n, D), times or None).
 
-    Checked as index-build and index-query check a local pair (the same Sidecar rules)."""
+    Checked as index-build and index-query check a local pair (the same Sidecar rules), and
+    against the index's `model` and `extraction` settings (the manifest's) where both record them."""
     data = npy_upload.read()
     if not data.startswith(b"\x93NUMPY"):
         raise UploadRejected(400, "not a .npy features file (no .npy header)")
@@ -139,15 +141,20 @@ def features_vectors(npy_upload, sidecar_upload, dimension, model=None):
     times = None
     if sidecar_upload is not None:
         try:
-            sidecar = Sidecar.from_dict(json.loads(sidecar_upload.read()), name="the sidecar",
-                                        rows=len(vectors))
-        except (ValueError, UnicodeDecodeError) as err:
+            settings = json.loads(sidecar_upload.read())
+            sidecar = Sidecar.from_dict(settings, name="the sidecar", rows=len(vectors))
+        except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
             raise UploadRejected(400, f"the sidecar is not valid JSON ({_short(err)})") from None
         except Ig65mError as err:
             raise UploadRejected(400, str(err)) from None
         if sidecar.model and model and sidecar.model != model:
             raise UploadRejected(400, f"the features come from model {sidecar.model}, the index "
                                       f"from {model}")
+        differences = extraction_differences(settings, extraction)
+        if differences:  # features made otherwise find meaningless neighbours, as in index-query
+            key, ours, theirs = differences[0]
+            raise UploadRejected(400, f"the features were extracted with {setting(key, ours)}, "
+                                      f"the index with {setting(key, theirs)}")
         times = sidecar.clips or None
     return vectors, times
 

@@ -112,6 +112,7 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or type(body.get("id")) is not int:
             raise BadRequest('send JSON {"id": CLIP_ID, "k": 10}')
+        _check_json_types(body)
         current = get_searcher()
         meta = current.clip(body["id"])
         if meta is None:
@@ -131,10 +132,16 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         try:
             if "features" in files:
                 vectors, times = features_vectors(files["features"], files.get("sidecar"),
-                                                  current.dimension, current.manifest.get("model"))
+                                                  current.dimension, current.manifest.get("model"),
+                                                  current.manifest.get("extraction"))
             elif "video" in files:
                 vectors, times, spent = uploads.video_vectors(files["video"])
                 seconds.update(spent)
+            elif request.mimetype == "multipart/form-data" and not form and not files:
+                # werkzeug drops a form it cannot parse without a word
+                raise UploadRejected(400, "the multipart form could not be read: a wrong boundary, "
+                                          "a body cut short, or part headers (file names) that "
+                                          "are not UTF-8")
             else:
                 raise UploadRejected(400, "send a multipart form with a 'video' file, or a "
                                           "'features' .npy (and its 'sidecar' .json)")
@@ -172,6 +179,16 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
 def _configure(app, max_upload_mb, signer):
     app.config["MAX_UPLOAD_BYTES"] = int(max_upload_mb * (1 << 20))
     app.extensions["ig65m.signer"] = signer
+
+
+def _check_json_types(body):
+    """BadRequest for /search/clip options of the wrong JSON type, which the checks shared with
+    form fields (strings) let through: "exclude_own": "false" excluded the video, "k": 2.5 gave 2."""
+    if body.get("exclude_own") is not None and type(body["exclude_own"]) is not bool:
+        raise BadRequest(f'"exclude_own" must be true or false, got {body["exclude_own"]!r}')
+    for name in ("k", "nprobe"):
+        if body.get(name) is not None and type(body[name]) is not int:
+            raise BadRequest(f'"{name}" must be an integer, got {body[name]!r}')
 
 
 def _clip_or_404(searcher, clip_id):
