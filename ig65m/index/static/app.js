@@ -76,7 +76,7 @@ function setMoment(value) {
 
 function options() {
   const minScore = $("min-score").value;
-  return { k: Number($("k").value) || 10, min_score: minScore === "" ? null : Number(minScore) };
+  return { k: Math.round(Number($("k").value)) || 10, min_score: minScore === "" ? null : Number(minScore) };
 }
 
 async function run(search) {
