@@ -150,6 +150,11 @@ def test_bad_uploads_answer_json_and_leave_no_temp(server, collection, tmp_path)
         assert answer.json()["error"], name
     nothing = requests.post(f"{server}/search/video", headers=AUTH, data={"k": "3"}, timeout=30)
     assert nothing.status_code == 400 and "multipart" in nothing.json()["error"]
+    for option in ({"k": "0"}, {"k": "x"}, {"nprobe": "-1"}, {"min_score": "high"}):
+        # refused before the upload is read (it was after a whole extraction): even a non-video
+        # gets the option's error, not "cannot read the uploaded video"
+        answer = upload(server, tmp_path / "text.mp4", **option)
+        assert answer.status_code == 400 and next(iter(option)) in answer.json()["error"], answer.text
     assert os.listdir(collection.tmp) == []
 
 

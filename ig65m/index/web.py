@@ -129,6 +129,8 @@ def make_blueprint(get_searcher, index_dir, *, token=None, model=None, weights=N
         current = get_searcher()
         form, files = request.form, request.files
         seconds = {"receive": time.perf_counter() - started}
+        page_limits(form)  # checked before the upload is read: a bad option costs no extraction
+        min_score_of(form)
         try:
             if "features" in files:
                 vectors, times = features_vectors(files["features"], files.get("sidecar"),
@@ -220,13 +222,24 @@ def clip_vector(searcher, meta):
 def page_search(searcher, vectors, options, signer, *, query_times=None, exclude=None):
     """The page's searches: `options` "k" counts videos (CLIPS_PER_VIDEO clip neighbours are asked
     of Faiss per video wanted), "min_score", "nprobe" -> {"videos": [...]}."""
-    k = _number(options.get("k", 10), "k", int, 1, MAX_VIDEOS)
-    breadth = options.get("nprobe")
-    breadth = None if breadth in (None, "") else _number(breadth, "nprobe", int, 1, 65536)
+    k, breadth = page_limits(options)
     clip_k = min(1000, max(k * CLIPS_PER_VIDEO, 50), searcher.count)
     distances, ids = searcher.search_arrays(np.atleast_2d(vectors), clip_k, breadth)
     return group_results(searcher, distances, ids, options, signer, query_times=query_times,
                          exclude=exclude, limit=k)
+
+
+def page_limits(options):
+    """(videos wanted, search breadth or None) of the page's `options`; BadRequest when bad."""
+    k = _number(options.get("k", 10), "k", int, 1, MAX_VIDEOS)
+    breadth = options.get("nprobe")
+    return k, None if breadth in (None, "") else _number(breadth, "nprobe", int, 1, 65536)
+
+
+def min_score_of(options):
+    """The "min_score" of `options`, or None; BadRequest when it is not a number."""
+    min_score = options.get("min_score")
+    return None if min_score in (None, "") else _number(min_score, "min_score", float, -1e9, 1e9)
 
 
 def group_results(searcher, distances, ids, options, signer, *, query_times=None, exclude=None,
@@ -239,8 +252,7 @@ def group_results(searcher, distances, ids, options, signer, *, query_times=None
     if group_by not in grouping.GROUP_BYS:
         raise BadRequest(f'"group_by" must be one of {", ".join(grouping.GROUP_BYS)}, '
                          f"got {group_by!r}")
-    min_score = options.get("min_score")
-    min_score = None if min_score in (None, "") else _number(min_score, "min_score", float, -1e9, 1e9)
+    min_score = min_score_of(options)
     query_times = query_times or _query_times(options.get("query_times"), len(ids))
     videos = grouping.group_by_video(searcher.table, distances, ids, metric=searcher.metric,
                                      query_times=query_times,
