@@ -5,7 +5,7 @@ The local input is read and checked before the server is asked anything."""
 
 from ig65m.errors import Ig65mError
 from ig65m.fileio import load_features
-from ig65m.index.sources import extraction_differences, setting
+from ig65m.index.sources import extraction_mismatch
 from ig65m.sidecar import Sidecar
 
 
@@ -63,13 +63,10 @@ def _check_compatible(vectors, meta, health):
                          f"{health['dimension']}-d: use the model the index was built with "
                          f"({health.get('model') or 'unknown'})")
     _check_model(meta.get("model"), health)
-    differences = extraction_differences(meta, health.get("extraction"))
-    if differences:
-        key, ours, theirs = differences[0]
-        fix = ("the weights the index was built with (--weights)" if key == "weights_sha256"
-               else f"--{key.replace('_', '-')} {theirs}")
-        raise Ig65mError(f"the query was extracted with {setting(key, ours)}, the index with "
-                         f"{setting(key, theirs)}: extract the query with {fix}")
+    mismatch = extraction_mismatch(meta, health.get("extraction"), "the query", "the index")
+    if mismatch:
+        words, option = mismatch
+        raise Ig65mError(f"{words}: extract the query with {option}")
 
 
 def _check_model(model, health):

@@ -85,15 +85,22 @@ def _sidecar(meta, path, rows):
     return Sidecar.from_dict(meta or {}, name=f"sidecar of {path}", rows=rows)
 
 
-def extraction_differences(ours, theirs):
-    """[(key, our value, theirs)] of the FEATURE_KEYS that both extraction settings record (dicts,
-    or None) and that differ."""
+def extraction_mismatch(ours, theirs, our_name, their_name):
+    """The first of FEATURE_KEYS that both extraction settings (dicts, or None) record and that
+    differ, as (words: "OUR_NAME was extracted with frame_size 64, THEIR_NAME with frame_size
+    112", the option that gives theirs: "--frame-size 112"), or None when none does."""
     ours, theirs = ours or {}, theirs or {}
-    return [(key, ours[key], theirs[key]) for key in FEATURE_KEYS
-            if ours.get(key) is not None and theirs.get(key) is not None and ours[key] != theirs[key]]
+    for key in FEATURE_KEYS:
+        if ours.get(key) is not None and theirs.get(key) is not None and ours[key] != theirs[key]:
+            words = (f"{our_name} was extracted with {_setting(key, ours[key])}, {their_name} "
+                     f"with {_setting(key, theirs[key])}")
+            option = ("the weights the index was built with (--weights)"
+                      if key == "weights_sha256" else f"--{key.replace('_', '-')} {theirs[key]}")
+            return words, option
+    return None
 
 
-def setting(key, value):
+def _setting(key, value):
     """A setting as people read it in an error: `frame_size 112`, `weights sha256 1a2b3c4d5e6f...`."""
     if key == "weights_sha256":
         return f"weights sha256 {str(value)[:12]}..."
@@ -118,12 +125,10 @@ def open_feature_files(paths, *, dim=None, model=None, extraction=None):
                                  f"{model}: an index holds features of one model")
         if item.extraction is not None:
             reference = reference or (item.path, item.extraction)
-            differences = extraction_differences(item.extraction, reference[1])
-            if differences:
-                key, ours, theirs = differences[0]
-                raise Ig65mError(f"{item.path} was extracted with {setting(key, ours)}, "
-                                 f"{reference[0]} with {setting(key, theirs)}: an index holds "
-                                 "features extracted one way (extract again with the same options)")
+            mismatch = extraction_mismatch(item.extraction, reference[1], item.path, reference[0])
+            if mismatch:
+                raise Ig65mError(f"{mismatch[0]}: an index holds features extracted one way "
+                                 "(extract again with the same options)")
     return files
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from ig65m.errors import Ig65mError
-from ig65m.index.sources import extraction_differences, setting
+from ig65m.index.sources import extraction_mismatch
 from ig65m.index.vectors import PROBLEM, first_bad_row
 from ig65m.models.registry import get_spec
 from ig65m.sidecar import Sidecar
@@ -150,11 +150,9 @@ def features_vectors(npy_upload, sidecar_upload, dimension, model=None, extracti
         if sidecar.model and model and sidecar.model != model:
             raise UploadRejected(400, f"the features come from model {sidecar.model}, the index "
                                       f"from {model}")
-        differences = extraction_differences(settings, extraction)
-        if differences:  # features made otherwise find meaningless neighbours, as in index-query
-            key, ours, theirs = differences[0]
-            raise UploadRejected(400, f"the features were extracted with {setting(key, ours)}, "
-                                      f"the index with {setting(key, theirs)}")
+        mismatch = extraction_mismatch(settings, extraction, "the uploaded .npy", "the index")
+        if mismatch:  # features made otherwise find meaningless neighbours, as in index-query
+            raise UploadRejected(400, mismatch[0])
         times = sidecar.clips or None
     return vectors, times
 
