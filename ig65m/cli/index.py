@@ -124,8 +124,6 @@ def index_serve(index_dir, token, cors_origin, access_log, model, weights, media
                        media_roots=[os.path.abspath(root) for root in media_roots],
                        max_upload_seconds=max_upload_seconds, upload_queue=upload_queue,
                        thumb_cache_mb=thumb_cache_mb)
-    if token is not None and not token.strip():  # `--token "$UNSET"` must not serve unprotected
-        raise Ig65mError("--token is empty: give the token clients must send, or leave it out")
     options = ServeOptions(token=token, cors_origins=tuple(cors_origin),
                            access_log=access_log, web_options=web_options, **options)
     serve(index_dir, options)

@@ -179,6 +179,10 @@ class ServeOptions:
     access_log: bool = True
     web_options: dict = field(default_factory=dict)  # the page's: see web.make_blueprint
 
+    def __post_init__(self):
+        if self.token is not None and not self.token.strip():  # e.g. `--token "$UNSET"`
+            raise Ig65mError("--token is empty: give the token clients must send, or leave it out")
+
 
 def listen(host, port):
     """A listening TCP socket on host:port; Ig65mError (one line) when that cannot be."""
