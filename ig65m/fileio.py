@@ -227,16 +227,15 @@ class FeatureWriter:
         if self.replace:
             os.replace(self._tmp, self.path)
             return
+        taken = Ig65mError(f"{self.path} was written by another run while this one extracted: "
+                           f"left as it is; pass --overwrite to replace it")
         try:
             os.link(self._tmp, self.path)
         except FileExistsError:
-            raise Ig65mError(f"{self.path} was written by another run while this one extracted: "
-                             f"left as it is; pass --overwrite to replace it") from None
+            raise taken from None
         except OSError:  # a filesystem without hard links: the check and the rename apart
             if self.path.exists():
-                raise Ig65mError(f"{self.path} was written by another run while this one "
-                                 f"extracted: left as it is; pass --overwrite to replace it") \
-                    from None
+                raise taken from None
             os.replace(self._tmp, self.path)
             return
         os.unlink(self._tmp)
