@@ -3,17 +3,18 @@ connection, answers `POST /search` itself, and hands every other connection to w
 
 Why a loop of our own: behind waitress a raw single query cost 680-730 µs of server CPU, of which
 Faiss took about 250; the rest was waitress's parser, task and buffers and the hand-offs between
-its event thread and its worker threads. This loop's own Python is about 20 µs a raw search
-(28 µs with a 9 µs search, through a socket pair). On a 200-clip index one sequential client gets
-its answers in 104 µs p50, and the server uses 107 µs of CPU a request, its system calls and
-BUSY_POLL included (session 5's front: 207 µs and 163 µs). It batches what the sockets bring: every search request that is complete after one
-poll of the sockets goes to Faiss in one call per (k, breadth), at most `max_rows` rows a call (so
-a batched query takes the same exact-distance code as one searched alone, see batching.py). Under
-load the next poll finds the requests that arrived during a search, so batches grow with the load;
-only when the last batch held more than one request does the loop poll on, for up to
-`batch_window` seconds or until as many requests as then are in, so a lone request never waits.
-(Waiting for a full batch of `max_rows` instead held every batch the whole window whenever fewer
-clients than that were searching: 8 clients got 3,300 queries/s where no window gave 5,600.)
+its event thread and its worker threads. This loop's own Python is about 20 µs a raw search (28 µs
+with a 9 µs search, through a socket pair). On a 200-clip index one sequential client gets its
+answers in 104 µs p50, and the server uses 107 µs of CPU a request, its system calls and BUSY_POLL
+included (session 5's front: 207 µs and 163 µs). It batches what the sockets bring: every search
+request that is complete after one poll of the sockets goes to Faiss in one call per (k, breadth),
+at most `max_rows` rows a call (so a batched query takes the same exact-distance code as one
+searched alone, see batching.py). Under load the next poll finds the requests that arrived during a
+search, so batches grow with the load; only when the last batch held more than one request does the
+loop poll on, for up to `batch_window` seconds or until as many requests as then are in, so a lone
+request never waits. (Waiting for a full batch of `max_rows` instead held every batch the whole
+window whenever fewer clients than that were searching: 8 clients got 3,300 queries/s where no
+window gave 5,600.)
 
 A request is the front's when it is `POST /search` over HTTP/1.0 or 1.1 with a Content-Length and
 no Transfer-Encoding or Expect header (nor Origin when the server answers CORS: the Flask route adds
